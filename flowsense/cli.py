@@ -1,0 +1,95 @@
+"""Command line: arguments -> Config -> pipeline.  Exit 0 ok (also with damaged input, reported),
+2 usage or configuration error, 3 unreadable input or unwritable output; errors are one line that
+names the fix."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+
+from flowsense import __version__
+from flowsense.errors import FlowsenseError
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="flowsense", description="Find covert or abnormal egress in packet captures.")
+    p.add_argument("--version", action="version", version=f"flowsense {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    a = sub.add_parser("analyze", help="replay captures into flows, DNS, alerts and stats",
+                       description="Replay pcap/pcapng captures (plain or gzip) deterministically.")
+    a.add_argument("pcaps", nargs="+", metavar="PCAP", help="capture files, merged in time order")
+    a.add_argument("--deny-log", action="append", default=[], metavar="FILE",
+                   help="firewall deny log to join (repeatable)")
+    a.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
+    a.add_argument("--out", metavar="DIR", type=Path,
+                   help="output folder (default: a new folder named after the first capture)")
+    a.add_argument("--quiet", action="store_true", help="print nothing but errors")
+    a.add_argument("--json", action="store_true", help="print stats.json to stdout instead of the summary")
+
+    c = sub.add_parser("config", help="show configuration")
+    c.add_argument("action", choices=["show"])
+    c.add_argument("--defaults", action="store_true", help="show the built-in defaults")
+    c.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file to validate and show")
+    return p
+
+
+def _when(ns: int | None) -> str:
+    if ns is None:
+        return "-"
+    return datetime.fromtimestamp(ns / 1e9, timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _summary(stats: dict, out_dir: Path) -> str:
+    weird = ", ".join(f"{k} {v:,}" for k, v in stats["weird"].items() if v) or "none"
+    damage = ", ".join(f"{k} {v:,}" for k, v in stats["capture"].items() if v and k != "records"
+                       and k != "pcapng_other_blocks") or "none"
+    lines = [
+        f"flowsense {stats['flowsense_version']}: {len(stats['inputs'])} capture(s) in {stats['wall_s']:.2f} s "
+        f"({stats['packets_per_s']:,.0f} packets/s)",
+        f"  packets  {stats['packets']:,} ({stats['ip_packets']:,} IP, {stats['non_ip_frames']:,} other), "
+        f"{stats['bytes']:,} bytes",
+        f"  span     {_when(stats['first_ts'])} -> {_when(stats['last_ts'])} UTC ({stats['duration_s']:,.1f} s)",
+        f"  flows    {stats['flows']:,}   dns messages {stats['dns_messages']:,}   alerts {stats['alerts']}",
+        f"  weird    {weird}",
+        f"  damage   {damage}",
+    ]
+    lines += [f"  warning  {w}" for w in stats["warnings"]]
+    lines.append(f"  output   {out_dir}/ (flows.parquet, dns.parquet, alerts.jsonl, stats.json)")
+    return "\n".join(lines)
+
+
+def _analyze(args) -> int:
+    from flowsense import config as cfg
+    from flowsense.pipeline import analyze, default_out_dir
+
+    config = cfg.load(args.config)
+    out_dir = args.out or default_out_dir(Path(args.pcaps[0]))
+    stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+    elif not args.quiet:
+        print(_summary(stats, out_dir))
+    return 0
+
+
+def _config(args) -> int:
+    from flowsense import config as cfg
+
+    print(cfg.to_toml(cfg.load(None if args.defaults else args.config)), end="")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return {"analyze": _analyze, "config": _config}[args.command](args)
+    except FlowsenseError as err:
+        print(f"flowsense: error: {err}", file=sys.stderr)
+        return err.exit_code
+    except KeyboardInterrupt:
+        print("flowsense: interrupted", file=sys.stderr)
+        return 130
