@@ -24,9 +24,16 @@ from flowsense.schema import DNS, FLOW
 from flowsense.sources.pcap import CaptureFile
 
 
+def _decode_stream(cf: CaptureFile, decoder: Decoder):
+    for frames in cf.batches():
+        yield cf, decoder.decode(cf.buf, frames)
+
+
 def decoded_batches(captures: list[CaptureFile], decoder: Decoder, on_batch=None):
-    """Decoded batches of all captures, merged in time order when there are several."""
-    streams = [((cf, decoder.decode(cf.buf, fr)) for fr in cf.batches()) for cf in captures]
+    """Decoded batches of all captures, merged in time order when there are several.  A stream's
+    decoder buffers are reused only once its pending rows have been released (as copies)."""
+    streams = [_decode_stream(cf, decoder if k == 0 else Decoder(cf.batch_frames, decoder.weird_counts))
+               for k, cf in enumerate(captures)]
     if len(streams) == 1:
         for _cf, batch in streams[0]:
             if on_batch:
@@ -42,7 +49,7 @@ def decoded_batches(captures: list[CaptureFile], decoder: Decoder, on_batch=None
                 if nxt is None:
                     live.discard(k)
                 else:
-                    pending[k] = nxt[1] if pending[k] is None else Decoded.merge([pending[k], nxt[1]])
+                    pending[k] = nxt[1]
                     if on_batch:
                         on_batch()
         ready = [p for p in pending if p is not None and len(p.packets)]
@@ -134,7 +141,7 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
         warnings.append(f"--deny-log {log}: deny-log ingestion is not implemented in this version; not read")
     _prepare_out(out_dir)
     files = [str(cf.path) for cf in captures]
-    decoder, meter, totals = Decoder(), FlowMeter(config.flows), Totals()
+    decoder, meter, totals = Decoder(config.pcap.batch_frames), FlowMeter(config.flows), Totals()
     flows_out = ParquetSink(out_dir / "flows.parquet", flow_table(FLOW.empty(0), files))
     dns_out = ParquetSink(out_dir / "dns.parquet", dns_table(DNS.empty(0), np.zeros(0, np.uint8), files))
     bar, tick = _progress(captures, quiet)
@@ -199,7 +206,7 @@ def measure_steady_rate(path: str, config: Config = Config()) -> dict:
         list(meter.update(batch.packets))
         break
     cf = CaptureFile(path, 0, config.pcap.batch_frames)
-    decoder, meter = Decoder(), FlowMeter(config.flows)
+    decoder, meter = Decoder(config.pcap.batch_frames), FlowMeter(config.flows)
     packets = 0
     t0 = time.perf_counter()
     for batch in decoded_batches([cf], decoder):

@@ -31,82 +31,76 @@ def _ppp_ethertype(proto):
     return 0
 
 
-@nb.njit(cache=True)
-def ethertype_payload(b, p, end, et, row):
+@nb.njit(cache=True, inline="always")
+def ethertype_payload(b, p, end, et):
     """Follow VLAN/MPLS/PPPoE from ethertype ``et`` whose payload starts at p.
-    Returns (l3 offset, 4 | 6 | SNIFF | NOT_IP)."""
+    Returns (l3 offset, 4 | 6 | SNIFF | NOT_IP, outer VLAN id, weird bits).  Values are returned,
+    not written to the row: stores through a record inside this loop cost 3x (aliasing)."""
+    vlan = 0
     for _ in range(MAX_LAYERS):
         if et == 0x0800:
-            return p, 4
+            return p, 4, vlan, 0
         if et == 0x86DD:
-            return p, 6
+            return p, 6, vlan, 0
         if et == 0x8100 or et == 0x88A8 or et == 0x9100:
             if p + 4 > end:
-                row.weird |= W_TRUNC_LINK
-                return p, NOT_IP
-            if row.vlan == 0:
-                row.vlan = u16(b, p) & 0x0FFF
+                return p, NOT_IP, vlan, W_TRUNC_LINK
+            if vlan == 0:
+                vlan = u16(b, p) & 0x0FFF
             et = u16(b, p + 2)
             p += 4
         elif et == 0x8847 or et == 0x8848:
             for _label in range(MAX_MPLS_LABELS):
                 if p + 4 > end:
-                    row.weird |= W_TRUNC_LINK
-                    return p, NOT_IP
+                    return p, NOT_IP, vlan, W_TRUNC_LINK
                 bottom = b[p + 2] & 1
                 p += 4
                 if bottom:
                     break
             else:
-                row.weird |= W_TOO_DEEP
-                return p, NOT_IP
+                return p, NOT_IP, vlan, W_TOO_DEEP
             if p >= end:
-                row.weird |= W_TRUNC_LINK
-                return p, NOT_IP
+                return p, NOT_IP, vlan, W_TRUNC_LINK
             nibble = b[p] >> 4
             if nibble == 4 or nibble == 6:
-                return p, SNIFF
+                return p, SNIFF, vlan, 0
             if nibble != 0 or p + 18 > end:  # not a pseudowire control word + Ethernet
-                return p, NOT_IP
+                return p, NOT_IP, vlan, 0
             et = u16(b, p + 16)
             p += 18
         elif et == 0x8864:
             if p + 8 > end:
-                row.weird |= W_TRUNC_LINK
-                return p, NOT_IP
+                return p, NOT_IP, vlan, W_TRUNC_LINK
             et = _ppp_ethertype(u16(b, p + 6))
             p += 8
         else:
-            return p, NOT_IP
-    row.weird |= W_TOO_DEEP
-    return p, NOT_IP
+            return p, NOT_IP, vlan, 0
+    return p, NOT_IP, vlan, W_TOO_DEEP
 
 
-@nb.njit(cache=True)
-def _ethernet(b, p, end, row):
+@nb.njit(cache=True, inline="always")
+def _ethernet(b, p, end):
     if p + 14 > end:
-        row.weird |= W_TRUNC_LINK
-        return p, NOT_IP
+        return p, NOT_IP, 0, W_TRUNC_LINK
     et = u16(b, p + 12)
     p += 14
     if et < 0x0600:  # 802.3 length: only LLC/SNAP can carry IP
         if p + 8 > end or b[p] != 0xAA or b[p + 1] != 0xAA or b[p + 2] != 0x03:
-            return p, NOT_IP
+            return p, NOT_IP, 0, 0
         et = u16(b, p + 6)
         p += 8
-    return ethertype_payload(b, p, end, et, row)
+    return ethertype_payload(b, p, end, et)
 
 
-@nb.njit(cache=True)
-def _ieee802_11(b, p, end, row):
+@nb.njit(cache=True, inline="always")
+def _ieee802_11(b, p, end):
     """Data frames with LLC/SNAP; management, control, null and protected frames are not IP."""
     if p + 24 > end:
-        row.weird |= W_TRUNC_LINK
-        return p, NOT_IP
+        return p, NOT_IP, 0, W_TRUNC_LINK
     fc0 = b[p]
     fc1 = b[p + 1]
     if (fc0 >> 2) & 3 != 2 or (fc0 >> 4) & 4 or fc1 & 0x40:
-        return p, NOT_IP
+        return p, NOT_IP, 0, 0
     hdr = 24
     if fc1 & 3 == 3:
         hdr += 6
@@ -116,16 +110,16 @@ def _ieee802_11(b, p, end, row):
             hdr += 4
     p += hdr
     if p + 8 > end or b[p] != 0xAA or b[p + 1] != 0xAA:
-        return p, NOT_IP
-    return ethertype_payload(b, p + 8, end, u16(b, p + 6), row)
+        return p, NOT_IP, 0, 0
+    return ethertype_payload(b, p + 8, end, u16(b, p + 6))
 
 
-@nb.njit(cache=True)
-def _nflog(b, p, end, row):
-    """NFLOG: 4-byte header (address family first), then little-endian TLVs; type 9 is the packet."""
+@nb.njit(cache=True, inline="always")
+def _nflog(b, p, end):
+    """NFLOG: 4-byte header (address family first), then little-endian TLVs; type 9 is the packet.
+    Returns (l3 offset, l3 end, version, weird)."""
     if p + 4 > end:
-        row.weird |= W_TRUNC_LINK
-        return p, end, NOT_IP
+        return p, end, NOT_IP, W_TRUNC_LINK
     family = b[p]
     q = p + 4
     while q + 4 <= end:
@@ -134,81 +128,87 @@ def _nflog(b, p, end, row):
         if tlen < 4:
             break
         if ttype == 9:
-            stop = min(q + tlen, end)
-            return q + 4, stop, 4 if family == 2 else (6 if family == 10 else SNIFF)
+            return q + 4, min(q + tlen, end), 4 if family == 2 else (6 if family == 10 else SNIFF), 0
         q += (tlen + 3) & ~3
-    return q, end, NOT_IP
+    return q, end, NOT_IP, 0
 
 
-@nb.njit(cache=True)
-def link_layer(b, p, end, link, row):
-    """Returns (l3 offset, l3 end, expected IP version | SNIFF | NOT_IP)."""
-    if link == 1:
-        q, v = _ethernet(b, p, end, row)
-        return q, end, v
-    if link == 101 or link == 12 or link == 14:
-        return p, end, SNIFF
-    if link == 228:
-        return p, end, 4
-    if link == 229:
-        return p, end, 6
-    if link == 0 or link == 108:
-        if p + 4 > end:
-            row.weird |= W_TRUNC_LINK
-            return p, end, NOT_IP
-        if link == 108:
+@nb.njit(cache=True, inline="always")
+def _ppp(b, p, end):
+    q = p
+    if q + 2 <= end and b[q] == 0xFF and b[q + 1] == 0x03:
+        q += 2
+    if q + 1 > end:
+        return p, NOT_IP, W_TRUNC_LINK
+    if b[q] & 1:  # protocol field compression
+        proto = np.int64(b[q])
+        q += 1
+    elif q + 2 <= end:
+        proto = u16(b, q)
+        q += 2
+    else:
+        return p, NOT_IP, W_TRUNC_LINK
+    et = _ppp_ethertype(proto)
+    return q, (4 if et == 0x0800 else (6 if et == 0x86DD else NOT_IP)), 0
+
+
+@nb.njit(cache=True, inline="always")
+def _loopback(b, p, end, link):
+    """BSD NULL (host byte order family) and OpenBSD LOOP (network order)."""
+    if p + 4 > end:
+        return p, NOT_IP, W_TRUNC_LINK
+    if link == 108:
+        family = u16(b, p + 2)
+    else:
+        family = np.int64(b[p]) | (np.int64(b[p + 1]) << 8)
+        if family == 0:  # written by a big-endian host
             family = u16(b, p + 2)
-        else:
-            family = np.int64(b[p]) | (np.int64(b[p + 1]) << 8)
-            if family == 0:  # written by a big-endian host
-                family = u16(b, p + 2)
-        if family == 2:
-            return p + 4, end, 4
-        if family == 10 or family == 24 or family == 28 or family == 30:
-            return p + 4, end, 6
-        return p + 4, end, NOT_IP
+    if family == 2:
+        return p + 4, 4, 0
+    if family == 10 or family == 24 or family == 28 or family == 30:
+        return p + 4, 6, 0
+    return p + 4, NOT_IP, 0
+
+
+@nb.njit(cache=True, inline="always")
+def link_layer(b, p, end, link):
+    """Returns (l3 offset, l3 end, expected IP version | SNIFF | NOT_IP, outer VLAN, weird bits)."""
+    if link == 1:
+        q, v, vlan, w = _ethernet(b, p, end)
+        return q, end, v, vlan, w
+    if link == 101 or link == 12 or link == 14:
+        return p, end, SNIFF, 0, 0
+    if link == 228:
+        return p, end, 4, 0, 0
+    if link == 229:
+        return p, end, 6, 0, 0
+    if link == 0 or link == 108:
+        q, v, w = _loopback(b, p, end, link)
+        return q, end, v, 0, w
     if link == 113 or link == 276:
         hdr = 16 if link == 113 else 20
         if p + hdr > end:
-            row.weird |= W_TRUNC_LINK
-            return p, end, NOT_IP
+            return p, end, NOT_IP, 0, W_TRUNC_LINK
         et = u16(b, p + 14) if link == 113 else u16(b, p)
-        q, v = ethertype_payload(b, p + hdr, end, et, row)
-        return q, end, v
+        q, v, vlan, w = ethertype_payload(b, p + hdr, end, et)
+        return q, end, v, vlan, w
     if link == 9 or link == 50:
-        q = p
-        if q + 2 <= end and b[q] == 0xFF and b[q + 1] == 0x03:
-            q += 2
-        if q + 1 > end:
-            row.weird |= W_TRUNC_LINK
-            return p, end, NOT_IP
-        if b[q] & 1:  # protocol field compression
-            proto = np.int64(b[q])
-            q += 1
-        elif q + 2 <= end:
-            proto = u16(b, q)
-            q += 2
-        else:
-            row.weird |= W_TRUNC_LINK
-            return p, end, NOT_IP
-        et = _ppp_ethertype(proto)
-        return q, end, (4 if et == 0x0800 else (6 if et == 0x86DD else NOT_IP))
+        q, v, w = _ppp(b, p, end)
+        return q, end, v, 0, w
     if link == 104:
         if p + 4 > end:
-            row.weird |= W_TRUNC_LINK
-            return p, end, NOT_IP
-        q, v = ethertype_payload(b, p + 4, end, u16(b, p + 2), row)
-        return q, end, v
+            return p, end, NOT_IP, 0, W_TRUNC_LINK
+        q, v, vlan, w = ethertype_payload(b, p + 4, end, u16(b, p + 2))
+        return q, end, v, vlan, w
     if link == 239:
-        return _nflog(b, p, end, row)
+        q, stop, v, w = _nflog(b, p, end)
+        return q, stop, v, 0, w
     if link == 127 or link == 105:
         q = p
         if link == 127:
             if p + 4 > end:
-                row.weird |= W_TRUNC_LINK
-                return p, end, NOT_IP
+                return p, end, NOT_IP, 0, W_TRUNC_LINK
             q = p + (np.int64(b[p + 2]) | (np.int64(b[p + 3]) << 8))
-        r, v = _ieee802_11(b, q, end, row)
-        return r, end, v
-    row.weird |= W_UNKNOWN_LINK
-    return p, end, NOT_IP
+        r, v, vlan, w = _ieee802_11(b, q, end)
+        return r, end, v, vlan, w
+    return p, end, NOT_IP, 0, W_UNKNOWN_LINK

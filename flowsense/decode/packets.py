@@ -50,157 +50,128 @@ def has_echo_id(proto, icmp_type):
     return icmp_type == 128 or icmp_type == 129
 
 
-@nb.njit(cache=True)
-def _ipv4(b, p, end, r):
-    """Returns (l4 offset, ip end within capture, declared ip end) or l4 offset -1."""
+@nb.njit(cache=True, inline="always")
+def _ipv4(b, p, end):
+    """Returns (l4 offset or -1, capture stop, declared end, weird, proto, ttl, ip_id, ip_len, frag,
+    src_lo, dst_lo).  Helpers return values rather than writing the row: stores through a record
+    defeat LLVM's alias analysis and cost ~3x here."""
     if end - p < 20:
-        r.weird |= W_TRUNC_IP
-        return -1, 0, 0
-    r.ip_ver = 4
-    r.src_lo = IPV4_MAPPED | np.uint64(u32(b, p + 12))
-    r.dst_lo = IPV4_MAPPED | np.uint64(u32(b, p + 16))
-    r.proto = b[p + 9]
-    r.ttl = b[p + 8]
-    r.ip_id = u16(b, p + 4)
-    ihl = (b[p] & 15) * 4
+        return -1, 0, 0, W_TRUNC_IP, 0, 0, 0, 0, 0, np.uint64(0), np.uint64(0)
+    src = IPV4_MAPPED | np.uint64(u32(b, p + 12))
+    dst = IPV4_MAPPED | np.uint64(u32(b, p + 16))
+    proto = np.int64(b[p + 9])
+    ttl = np.int64(b[p + 8])
+    ip_id = u16(b, p + 4)
+    ihl = np.int64(b[p] & 15) * 4
     if ihl < 20 or p + ihl > end:
-        r.weird |= W_BAD_IHL
-        return -1, 0, 0
+        return -1, 0, 0, W_BAD_IHL, proto, ttl, ip_id, 0, 0, src, dst
+    weird = 0
     total = u16(b, p + 2)
     if total == 0:
-        r.weird |= W_LEN_ZERO
+        weird = W_LEN_ZERO
         total = end - p
     elif total < ihl:
-        r.weird |= W_LEN_LT_HDR
-        return -1, 0, 0
-    r.ip_len = total
-    frag = u16(b, p + 6)
-    if frag & 0x1FFF:
-        r.frag = 2
-    elif frag & 0x2000:
-        r.frag = 1
+        return -1, 0, 0, W_LEN_LT_HDR, proto, ttl, ip_id, total, 0, src, dst
+    frag_field = u16(b, p + 6)
+    frag = 2 if frag_field & 0x1FFF else (1 if frag_field & 0x2000 else 0)
     declared_end = p + total
     if declared_end > end:
-        r.weird |= W_PAYLOAD_TRUNC
-    return p + ihl, min(declared_end, end), declared_end
+        weird |= W_PAYLOAD_TRUNC
+    return p + ihl, min(declared_end, end), declared_end, weird, proto, ttl, ip_id, total, frag, src, dst
 
 
-@nb.njit(cache=True)
-def _ipv6(b, p, end, r):
+@nb.njit(cache=True, inline="always")
+def _ipv6(b, p, end):
+    """Returns (l4 offset or -1, capture stop, declared end, weird, proto, hop limit, fragment id,
+    ip_len, frag, src_hi, src_lo, dst_hi, dst_lo), walking at most MAX_EXT_HEADERS headers."""
+    z = np.uint64(0)
     if end - p < 40:
-        r.weird |= W_TRUNC_IP
-        return -1, 0, 0
-    r.ip_ver = 6
-    r.src_hi = u64(b, p + 8)
-    r.src_lo = u64(b, p + 16)
-    r.dst_hi = u64(b, p + 24)
-    r.dst_lo = u64(b, p + 32)
-    r.ttl = b[p + 7]
+        return -1, 0, 0, W_TRUNC_IP, 0, 0, 0, 0, 0, z, z, z, z
+    src_hi, src_lo, dst_hi, dst_lo = u64(b, p + 8), u64(b, p + 16), u64(b, p + 24), u64(b, p + 32)
+    ttl = np.int64(b[p + 7])
     nh = np.int64(b[p + 6])
     plen = u16(b, p + 4)
+    weird = 0
     if plen == 0 and nh != 59:
-        r.weird |= W_LEN_ZERO
+        weird = W_LEN_ZERO
         plen = end - p - 40
-    r.ip_len = 40 + plen
     declared_end = p + 40 + plen
     if declared_end > end:
-        r.weird |= W_PAYLOAD_TRUNC
+        weird |= W_PAYLOAD_TRUNC
     stop = min(declared_end, end)
     q = p + 40
+    frag = 0
+    frag_id = 0
     for _ in range(MAX_EXT_HEADERS):
         if nh == 0 or nh == 43 or nh == 60 or nh == 135 or nh == 139 or nh == 140 or nh == 51:
             if q + 2 > stop:
-                r.weird |= W_BAD_EXT
-                r.proto = nh
-                return -1, 0, 0
+                return -1, 0, 0, weird | W_BAD_EXT, nh, ttl, frag_id, 40 + plen, frag, src_hi, src_lo, dst_hi, dst_lo
             hlen = (np.int64(b[q + 1]) + 2) * 4 if nh == 51 else (np.int64(b[q + 1]) + 1) * 8
             nh = np.int64(b[q])
             q += hlen
         elif nh == 44:
             if q + 8 > stop:
-                r.weird |= W_BAD_EXT
-                r.proto = nh
-                return -1, 0, 0
+                return -1, 0, 0, weird | W_BAD_EXT, nh, ttl, frag_id, 40 + plen, frag, src_hi, src_lo, dst_hi, dst_lo
             off_m = u16(b, q + 2)
-            r.ip_id = u16(b, q + 6)
+            frag_id = u16(b, q + 6)
             nh = np.int64(b[q])
             q += 8
-            if off_m >> 3:
-                r.frag = 2
-            elif off_m & 1:
-                r.frag = 1
+            frag = 2 if off_m >> 3 else (1 if off_m & 1 else 0)
         else:
             break
     else:
-        r.weird |= W_EXT_LONG
-    r.proto = nh
+        weird |= W_EXT_LONG
     if q > stop:
-        r.weird |= W_BAD_EXT
-        return -1, 0, 0
-    return q, stop, declared_end
+        return -1, 0, 0, weird | W_BAD_EXT, nh, ttl, frag_id, 40 + plen, frag, src_hi, src_lo, dst_hi, dst_lo
+    return q, stop, declared_end, weird, nh, ttl, frag_id, 40 + plen, frag, src_hi, src_lo, dst_hi, dst_lo
 
 
-@nb.njit(cache=True)
-def _transport(b, q, stop, declared_end, r, blob, bp):
-    """Ports, flags, ICMP fields and payload head.  Returns (payload offset or -1, blob used)."""
+@nb.njit(cache=True, inline="always")
+def _transport(b, q, stop, declared_end, proto):
+    """Returns (payload offset or -1, weird, sport, dport, tcp flags, tcp seq, tcp win, icmp type,
+    icmp code, icmp id, icmp seq, l4 payload length)."""
     avail = stop - q
     declared = declared_end - q
-    proto = r.proto
+    sport = dport = 0
     if proto == 6 or proto == 17 or proto == 132:
         if avail >= 4:
-            r.sport = u16(b, q)
-            r.dport = u16(b, q + 2)
+            sport = u16(b, q)
+            dport = u16(b, q + 2)
     if proto == 6:
         if avail < 20:
-            r.weird |= W_TRUNC_TCP
-            return -1, 0
-        doff = (b[q + 12] >> 4) * 4
-        r.tcp_seq = u32(b, q + 4)
-        r.tcp_flags = b[q + 13]
-        r.tcp_win = u16(b, q + 14)
+            return -1, W_TRUNC_TCP, sport, dport, 0, 0, 0, 0, 0, 0, 0, 0
+        doff = np.int64(b[q + 12] >> 4) * 4
+        flags = np.int64(b[q + 13])
+        seq = u32(b, q + 4)
+        win = u16(b, q + 14)
         if doff < 20:
-            r.weird |= W_BAD_TCP_LEN
-            return -1, 0
+            return -1, W_BAD_TCP_LEN, sport, dport, flags, seq, win, 0, 0, 0, 0, 0
         if doff > avail:
-            r.weird |= W_TRUNC_TCP if doff <= declared else W_BAD_TCP_LEN
-            return -1, 0
-        r.l4_len = max(declared - doff, 0)
-        return q + doff, 0
+            w = W_TRUNC_TCP if doff <= declared else W_BAD_TCP_LEN
+            return -1, w, sport, dport, flags, seq, win, 0, 0, 0, 0, 0
+        return q + doff, 0, sport, dport, flags, seq, win, 0, 0, 0, 0, max(declared - doff, 0)
     if proto == 17:
         if avail < 8:
-            r.weird |= W_TRUNC_UDP
-            return -1, 0
+            return -1, W_TRUNC_UDP, sport, dport, 0, 0, 0, 0, 0, 0, 0, 0
         ulen = u16(b, q + 4)
         if ulen < 8 or ulen > declared:
-            r.weird |= W_BAD_UDP_LEN
-            r.l4_len = max(declared - 8, 0)
-        else:
-            r.l4_len = ulen - 8
-        return q + 8, 0
+            return q + 8, W_BAD_UDP_LEN, sport, dport, 0, 0, 0, 0, 0, 0, 0, max(declared - 8, 0)
+        return q + 8, 0, sport, dport, 0, 0, 0, 0, 0, 0, 0, ulen - 8
     if proto == 1 or proto == 58:
         if avail < 8:
-            r.weird |= W_TRUNC_ICMP
             if avail >= 2:
-                r.icmp_type = b[q]
-                r.icmp_code = b[q + 1]
-            return -1, 0
-        r.icmp_type = b[q]
-        r.icmp_code = b[q + 1]
-        if has_echo_id(proto, r.icmp_type):
-            r.icmp_id = u16(b, q + 4)
-            r.icmp_seq = u16(b, q + 6)
-        r.l4_len = max(declared - 8, 0)
-        keep = min(PAYLOAD_KEEP, stop - q - 8)
-        if keep > 0 and bp + keep <= blob.shape[0]:
-            blob[bp:bp + keep] = b[q + 8:q + 8 + keep]
-            r.pl_off = bp
-            r.pl_len = keep
-            return q + 8, keep
-        return q + 8, 0
+                return -1, W_TRUNC_ICMP, 0, 0, 0, 0, 0, np.int64(b[q]), np.int64(b[q + 1]), 0, 0, 0
+            return -1, W_TRUNC_ICMP, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
+        itype = np.int64(b[q])
+        icode = np.int64(b[q + 1])
+        iid = iseq = 0
+        if has_echo_id(proto, itype):
+            iid = u16(b, q + 4)
+            iseq = u16(b, q + 6)
+        return q + 8, 0, 0, 0, 0, 0, 0, itype, icode, iid, iseq, max(declared - 8, 0)
     if proto == 132 and avail >= 12:
-        r.l4_len = max(declared - 12, 0)
-        return q + 12, 0
-    return -1, 0
+        return q + 12, 0, sport, dport, 0, 0, 0, 0, 0, 0, 0, max(declared - 12, 0)
+    return -1, 0, sport, dport, 0, 0, 0, 0, 0, 0, 0, 0
 
 
 @nb.njit(cache=True)
@@ -224,6 +195,39 @@ def _dns(b, pay, stop, r, d, blob, bp):
     return used
 
 
+@nb.njit(cache=True, inline="always")
+def _decode_ip(buf, p, end, version, r, blob, bp):
+    """IP and transport of one frame into row r; returns (payload offset or -1, stop, blob used)."""
+    if version == 4:
+        q, stop, declared_end, weird, proto, ttl, ip_id, ip_len, frag, src_lo, dst_lo = _ipv4(buf, p, end)
+        src_hi = dst_hi = np.uint64(0)
+    else:
+        q, stop, declared_end, weird, proto, ttl, ip_id, ip_len, frag, src_hi, src_lo, dst_hi, dst_lo = \
+            _ipv6(buf, p, end)
+    if weird & W_TRUNC_IP:
+        r.weird |= weird
+        return -1, 0, 0
+    r.ip_ver = version
+    r.src_hi, r.src_lo, r.dst_hi, r.dst_lo = src_hi, src_lo, dst_hi, dst_lo
+    r.proto, r.ttl, r.ip_id, r.ip_len, r.frag = proto, ttl, ip_id, ip_len, frag
+    if q < 0 or frag == 2:
+        r.weird |= weird
+        return -1, 0, 0
+    pay, w4, sport, dport, flags, seq, win, itype, icode, iid, iseq, l4_len = _transport(buf, q, stop, declared_end, proto)
+    r.weird |= weird | w4
+    r.sport, r.dport, r.tcp_flags, r.tcp_seq, r.tcp_win = sport, dport, flags, seq, win
+    r.icmp_type, r.icmp_code, r.icmp_id, r.icmp_seq, r.l4_len = itype, icode, iid, iseq, l4_len
+    used = 0
+    if pay >= 0 and (proto == 1 or proto == 58):
+        keep = min(PAYLOAD_KEEP, stop - pay)
+        if keep > 0 and bp + keep <= blob.shape[0]:
+            blob[bp:bp + keep] = buf[pay:pay + keep]
+            r.pl_off = bp
+            r.pl_len = keep
+            used = keep
+    return pay, stop, used
+
+
 @nb.njit(cache=True)
 def decode_batch(buf, frames, pk, dns, blob, weird_counts):
     """Decode every frame into ``pk`` (same length); DNS messages into ``dns``.
@@ -240,7 +244,9 @@ def decode_batch(buf, frames, pk, dns, blob, weird_counts):
         r.wire_len = f.wire_len
         r.cap_len = f.cap_len
         start = f.off
-        p, end, expect = link_layer(buf, start, start + f.cap_len, f.link, r)
+        p, end, expect, vlan, weird = link_layer(buf, start, start + f.cap_len, f.link)
+        r.vlan = vlan
+        r.weird = weird
         if expect != NOT_IP:
             if p >= end:
                 r.weird |= W_TRUNC_IP
@@ -251,19 +257,14 @@ def decode_batch(buf, frames, pk, dns, blob, weird_counts):
                 if version != expect:
                     r.weird |= W_BAD_VER
                 else:
-                    if version == 4:
-                        q, stop, declared_end = _ipv4(buf, p, end, r)
-                    else:
-                        q, stop, declared_end = _ipv6(buf, p, end, r)
-                    if q >= 0 and r.frag != 2:
-                        pay, used = _transport(buf, q, stop, declared_end, r, blob, bp)
-                        bp += used
-                        if pay >= 0:
-                            r.head, r.head_len = head(buf, pay, stop)
-                            if (r.proto == 17 or (r.proto == 6 and stop - pay >= 2)) and \
-                                    (is_dns_port(r.sport) or is_dns_port(r.dport)):
-                                bp += _dns(buf, pay, stop, r, dns[nd], blob, bp)
-                                nd += 1
+                    pay, stop, used = _decode_ip(buf, p, end, version, r, blob, bp)
+                    bp += used
+                    if pay >= 0:
+                        r.head, r.head_len = head(buf, pay, stop)
+                        if (r.proto == 17 or (r.proto == 6 and stop - pay >= 2)) and \
+                                (is_dns_port(r.sport) or is_dns_port(r.dport)):
+                            bp += _dns(buf, pay, stop, r, dns[nd], blob, bp)
+                            nd += 1
         w = r.weird
         bit = 0
         while w:
@@ -305,18 +306,24 @@ class Decoded:
 
 
 class Decoder:
-    """Owns the weird counters of a run; ``decode`` is pure apart from counting."""
+    """Decodes into buffers it owns and reuses: a batch it returns stays valid until the next
+    ``decode`` call on the same Decoder.  Several decoders may share one weird counter array."""
 
-    def __init__(self):
-        self.weird_counts = np.zeros(len(WEIRDS), np.int64)
+    def __init__(self, batch_frames: int = 65536, weird_counts: np.ndarray | None = None):
+        self.weird_counts = np.zeros(len(WEIRDS), np.int64) if weird_counts is None else weird_counts
+        self._pk = PACKET.empty(batch_frames)
+        self._dns = DNS.empty(batch_frames)
+        self._blob = np.empty(batch_frames * BLOB_PER_FRAME, np.uint8)
 
     def decode(self, buf: np.ndarray, frames: np.ndarray) -> Decoded:
         n = len(frames)
-        pk = PACKET.empty(n)
-        dns = DNS.empty(n)
-        blob = np.empty(n * BLOB_PER_FRAME, np.uint8)
-        nd, used = decode_batch(buf, frames, pk, dns, blob, self.weird_counts)
-        return Decoded(pk, dns[:nd].copy(), blob[:used].copy())
+        if n > len(self._pk):
+            self.__init__(n, self.weird_counts)
+        pk, dns = self._pk[:n], self._dns[:n]
+        pk.view(np.uint8)[:] = 0
+        dns.view(np.uint8)[:] = 0
+        nd, used = decode_batch(buf, frames, pk, dns, self._blob, self.weird_counts)
+        return Decoded(pk, dns[:nd], self._blob[:used])
 
     def stats(self) -> dict:
         return {name: int(v) for name, v in zip(WEIRDS, self.weird_counts)}

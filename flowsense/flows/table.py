@@ -101,7 +101,7 @@ def _match(f, shi, slo, dhi, dlo, sp, dp, proto, icmp):
     return 0
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _unlink_lru(flows, meta, s):
     p = flows[s].lru_prev
     n = flows[s].lru_next
@@ -115,7 +115,7 @@ def _unlink_lru(flows, meta, s):
         meta[M_LRU_TAIL] = p
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _push_lru(flows, meta, s):
     h = meta[M_LRU_HEAD]
     flows[s].lru_prev = -1
@@ -127,7 +127,7 @@ def _push_lru(flows, meta, s):
     meta[M_LRU_HEAD] = s
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _unlink_age(flows, meta, s):
     p = flows[s].age_prev
     n = flows[s].age_next
@@ -141,7 +141,7 @@ def _unlink_age(flows, meta, s):
         meta[M_AGE_TAIL] = p
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _append_age(flows, meta, s):
     t = meta[M_AGE_TAIL]
     flows[s].age_next = -1
@@ -199,7 +199,7 @@ def _end(flows, index, free, meta, out, n_out, s, reason, counters):
     return n_out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _closed(f):
     st = f.state
     return (st & ST_FIN_ORIG and st & ST_FIN_RESP) or st & (ST_RST_ORIG | ST_RST_RESP)

@@ -3,8 +3,7 @@ addresses as text, UTC timestamps, protocol names, Zeek-style conn_state, commun
 
 from __future__ import annotations
 
-import ipaddress
-
+import numba as nb
 import numpy as np
 import pyarrow as pa
 
@@ -16,18 +15,71 @@ UTC_NS = pa.timestamp("ns", tz="UTC")
 _PROTO_TABLE = np.array([PROTO_NAMES.get(i, str(i)) for i in range(256)], object)
 
 
-def addr_text(hi: np.ndarray, lo: np.ndarray) -> np.ndarray:
-    """Addresses as text; each distinct address is formatted once (hosts << rows)."""
-    pairs = np.empty(len(hi), [("hi", "u8"), ("lo", "u8")])
-    pairs["hi"], pairs["lo"] = hi, lo
-    uniq, inverse = np.unique(pairs, return_inverse=True)
-    text = np.empty(len(uniq), object)
-    for i, (h, low) in enumerate(uniq.tolist()):
-        if h == 0 and low >> 32 == 0xFFFF:
-            text[i] = str(ipaddress.IPv4Address(low & 0xFFFFFFFF))
-        else:
-            text[i] = str(ipaddress.IPv6Address(h << 64 | low))
-    return text[inverse.reshape(-1)]
+@nb.njit(cache=True, inline="always")
+def _put_decimal(out, k, v):
+    if v >= 100:
+        out[k] = 48 + v // 100
+        k += 1
+    if v >= 10:
+        out[k] = 48 + (v // 10) % 10
+        k += 1
+    out[k] = 48 + v % 10
+    return k + 1
+
+
+@nb.njit(cache=True)
+def _format_addrs(hi, lo, offsets, out):
+    """Dotted quad for IPv4-mapped addresses, RFC 5952 text for IPv6; Arrow string layout."""
+    hexdigits = np.frombuffer(b"0123456789abcdef", np.uint8)
+    k = 0
+    groups = np.zeros(8, np.int64)
+    for i in range(hi.shape[0]):
+        offsets[i] = k
+        h, low = hi[i], lo[i]
+        if h == 0 and (low >> np.uint64(32)) == 0xFFFF:
+            for j in range(4):
+                if j:
+                    out[k] = 46
+                    k += 1
+                k = _put_decimal(out, k, np.int64((low >> np.uint64(24 - 8 * j)) & np.uint64(0xFF)))
+            continue
+        for j in range(4):
+            groups[j] = np.int64((h >> np.uint64(48 - 16 * j)) & np.uint64(0xFFFF))
+            groups[4 + j] = np.int64((low >> np.uint64(48 - 16 * j)) & np.uint64(0xFFFF))
+        best, best_len, run = -1, 1, 0
+        for j in range(8):
+            run = run + 1 if groups[j] == 0 else 0
+            if run > best_len:
+                best, best_len = j - run + 1, run
+        j = 0
+        while j < 8:
+            if j == best:
+                out[k] = 58
+                out[k + 1] = 58
+                k += 2
+                j += best_len
+                continue
+            if j and j != best + best_len:
+                out[k] = 58
+                k += 1
+            g = groups[j]
+            started = False
+            for shift in (12, 8, 4, 0):
+                nib = (g >> shift) & 15
+                if nib or started or shift == 0:
+                    out[k] = hexdigits[nib]
+                    k += 1
+                    started = True
+            j += 1
+    offsets[hi.shape[0]] = k
+
+
+def addr_text(hi: np.ndarray, lo: np.ndarray) -> pa.Array:
+    """Addresses as an Arrow string array, formatted in one Numba pass."""
+    offsets = np.empty(len(hi) + 1, np.int32)
+    out = np.empty(len(hi) * 39, np.uint8)
+    _format_addrs(np.ascontiguousarray(hi), np.ascontiguousarray(lo), offsets, out)
+    return pa.StringArray.from_buffers(len(hi), pa.py_buffer(offsets), pa.py_buffer(out[:offsets[-1]]))
 
 
 def conn_state(f: np.ndarray) -> np.ndarray:
@@ -59,9 +111,9 @@ def flow_table(f: np.ndarray, files: list[str]) -> pa.Table:
         "ts": pa.array(f["ts"], UTC_NS),
         "last_ts": pa.array(f["last_ts"], UTC_NS),
         "duration": (f["last_ts"] - f["ts"]) / 1e9,
-        "orig_h": pa.array(orig_h, pa.string()),
+        "orig_h": orig_h,
         "orig_p": orig_p,
-        "resp_h": pa.array(resp_h, pa.string()),
+        "resp_h": resp_h,
         "resp_p": resp_p,
         "proto": pa.array(_PROTO_TABLE[f["proto"]], pa.string()),
         "ip_ver": f["ip_ver"],
@@ -94,9 +146,9 @@ def _names(blob: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
 def dns_table(d: np.ndarray, blob: np.ndarray, files: list[str]) -> pa.Table:
     cols = {
         "ts": pa.array(d["ts"], UTC_NS),
-        "src_h": pa.array(addr_text(d["src_hi"], d["src_lo"]), pa.string()),
+        "src_h": addr_text(d["src_hi"], d["src_lo"]),
         "src_p": d["sport"],
-        "dst_h": pa.array(addr_text(d["dst_hi"], d["dst_lo"]), pa.string()),
+        "dst_h": addr_text(d["dst_hi"], d["dst_lo"]),
         "dst_p": d["dport"],
         "proto": pa.array(_PROTO_TABLE[d["proto"]], pa.string()),
         "txid": d["txid"], "qr": d["qr"], "opcode": d["opcode"], "rcode": d["rcode"], "flags": d["flags"],

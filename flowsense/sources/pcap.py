@@ -27,6 +27,7 @@ PCAPNG_SHB = 0x0A0D0D0A
 GZIP_MAGIC = b"\x1f\x8b"
 MAX_RECORD = 64 << 20  # a record header claiming more than this is damage, not data
 MAX_IFACES = 256
+RELEASE_BYTES = 32 << 20  # give mapped pages back in steps of this size
 
 CAPTURE_COUNTERS = (
     "records",                  # records turned into frames
@@ -62,7 +63,7 @@ def _u32(b, p, be):
     return (np.int64(b[p + 3]) << 24) | (np.int64(b[p + 2]) << 16) | (np.int64(b[p + 1]) << 8) | np.int64(b[p])
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, inline="always")
 def _emit(frames, n, off, cap, wire, ts, link, file_id, st, counters):
     st[S_FRAME_NO] += 1
     f = frames[n]
@@ -103,9 +104,13 @@ def walk_pcap(buf, st, link, nano, file_id, frames, counters):
             counters[_DAMAGED] += 1
             st[S_DONE] = 1
             break
-        if pos + 16 + cap > end:
+        if pos + 16 + cap > end:  # cut short: keep what was captured, as tshark does
             counters[_TRUNC] += 1
             st[S_DONE] = 1
+            if end - pos - 16 > 0:
+                _emit(frames, n, pos + 16, end - pos - 16, wire, sec * 1_000_000_000, link, file_id, st, counters)
+                n += 1
+            pos = end
             break
         if nano:
             if frac >= 1_000_000_000:
@@ -304,7 +309,11 @@ class CaptureFile:
                              "convert it with `editcap -F pcap` or give the right file")
 
     def batches(self):
+        """FRAME batches; each is valid until the next one is requested.  Pages behind the read
+        position are then released (MADV_DONTNEED), so resident memory stays flat however large
+        the capture: decoded batches never point into the mapping."""
         frames = FRAME.empty(self.batch_frames)
+        released = 0
         while not self.state[S_DONE]:
             if self.format == "pcap":
                 n = walk_pcap(self.buf, self.state, self.link, self.nano, self.file_id, frames, self.counters)
@@ -312,6 +321,10 @@ class CaptureFile:
                 n = walk_pcapng(self.buf, self.state, *self.ifaces, self.file_id, frames, self.counters)
             if n:
                 yield frames[:n]
+            done = self.position // mmap.PAGESIZE * mmap.PAGESIZE
+            if done - released >= RELEASE_BYTES:
+                self._mm.madvise(mmap.MADV_DONTNEED, released, done - released)
+                released = done
 
     @property
     def position(self) -> int:

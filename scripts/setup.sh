@@ -1,0 +1,26 @@
+#!/bin/sh
+# Set up flowsense on a Debian 12 machine as root: system packages, a virtualenv in .venv, the
+# package itself.  With --test, also the tools the test suite drives (tshark, softflowd, nfdump)
+# and the test dependencies.  Safe to run again.
+set -eu
+cd "$(dirname "$0")/.."
+export DEBIAN_FRONTEND=noninteractive
+system="python3 python3-venv python3-dev gcc libpcap0.8"
+tests="tshark softflowd nfdump"
+want=$system
+[ "${1:-}" = "--test" ] && want="$system $tests"
+missing=""
+for pkg in $want; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+done
+if [ -n "$missing" ]; then
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends $missing >/dev/null
+fi
+[ -x .venv/bin/python ] || python3 -m venv .venv
+.venv/bin/pip install -q --upgrade pip
+if [ "${1:-}" = "--test" ]; then
+    .venv/bin/pip install -q -e '.[test]'
+else
+    .venv/bin/pip install -q -e .
+fi
