@@ -1,12 +1,12 @@
 #!/bin/sh
 # Set up flowsense on a Debian 12 machine as root: system packages, a virtualenv in .venv, the
-# package itself.  With --test, also the tools the test suite drives (tshark, softflowd, nfdump)
+# package itself.  With --test, also the tools the tests and bench/ drive (tshark, softflowd, nfdump, time)
 # and the test dependencies.  Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 system="python3 python3-venv python3-dev gcc libpcap0.8"
-tests="tshark softflowd nfdump"
+tests="tshark softflowd nfdump time"
 want=$system
 [ "${1:-}" = "--test" ] && want="$system $tests"
 missing=""

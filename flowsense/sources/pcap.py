@@ -239,7 +239,7 @@ def walk_pcapng(buf, st, if_link, if_kind, if_exp, if_off, if_snap, file_id, fra
                     cap = min(cap, if_snap[0])
                 _emit(frames, n, pos + 12, cap, wire, st[S_LAST_TS], if_link[0], file_id, st, counters)
                 n += 1
-        else:
+        elif btype != PCAPNG_SHB:
             counters[_OTHER] += 1
         pos += blen
     st[S_POS] = pos
