@@ -17,7 +17,7 @@ class ParquetSink:
 
     def write(self, table: pa.Table):
         if table.num_rows:
-            self.writer.write_table(table.cast(self.schema))
+            self.writer.write_table(table)
             self.rows += table.num_rows
 
     def close(self):

@@ -1,5 +1,8 @@
 """FLOW and DNS batches -> Arrow tables with analyst-facing columns (Zeek conn.log names,
-addresses as text, UTC timestamps, protocol names, Zeek-style conn_state, community_id)."""
+addresses as text, UTC timestamps, protocol names, Zeek-style conn_state, community_id).
+
+Columns are built from buffers (``pa.Array.from_buffers``) rather than ``pa.array``, which
+imports pandas on first use: a third of a second of start-up for every run."""
 
 from __future__ import annotations
 
@@ -9,10 +12,37 @@ import pyarrow as pa
 
 from flowsense.decode.packets import PROTO_NAMES
 from flowsense.flows import table as t
-from flowsense.flows.community_id import community_ids
+from flowsense.flows.community_id import ID_LEN, community_ids
 
 UTC_NS = pa.timestamp("ns", tz="UTC")
-_PROTO_TABLE = np.array([PROTO_NAMES.get(i, str(i)) for i in range(256)], object)
+PROTO_VOCAB = [PROTO_NAMES.get(i, str(i)) for i in range(256)]
+CONN_STATES = ["S0", "S1", "SF", "REJ", "S2", "S3", "RSTO", "RSTR", "RSTOS0", "RSTRH", "SH", "SHR", "OTH"]
+
+
+def column(values: np.ndarray, typ: pa.DataType | None = None) -> pa.Array:
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(typ or pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def strings(texts: list[bytes]) -> pa.Array:
+    lengths = np.fromiter(map(len, texts), np.int32, len(texts))
+    offsets = np.zeros(len(texts) + 1, np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    return pa.StringArray.from_buffers(len(texts), pa.py_buffer(offsets), pa.py_buffer(b"".join(texts)))
+
+
+def labels(vocab: list[str], index: np.ndarray) -> pa.Array:
+    """Text column from a small vocabulary and an index per row (vectorised gather)."""
+    words = [v.encode() for v in vocab]
+    width = max(map(len, words), default=0) or 1
+    padded = np.zeros((len(words), width), np.uint8)
+    for i, w in enumerate(words):
+        padded[i, :len(w)] = np.frombuffer(w, np.uint8)
+    sizes = np.array([len(w) for w in words], np.int32)[index]
+    offsets = np.zeros(len(index) + 1, np.int32)
+    np.cumsum(sizes, out=offsets[1:])
+    data = padded[index][np.arange(width) < sizes[:, None]]
+    return pa.StringArray.from_buffers(len(index), pa.py_buffer(offsets), pa.py_buffer(data))
 
 
 @nb.njit(cache=True, inline="always")
@@ -83,7 +113,8 @@ def addr_text(hi: np.ndarray, lo: np.ndarray) -> pa.Array:
 
 
 def conn_state(f: np.ndarray) -> np.ndarray:
-    """Zeek conn_state from the table's TCP progress bits; S0/SF for connectionless protocols."""
+    """Zeek conn_state (index into CONN_STATES) from the table's TCP progress bits; S0/SF for
+    connectionless protocols."""
     st = f["state"].astype(np.int64)
     syn, synack = st & t.ST_SYN > 0, st & t.ST_SYNACK > 0
     fin_o, fin_r = st & t.ST_FIN_ORIG > 0, st & t.ST_FIN_RESP > 0
@@ -98,64 +129,63 @@ def conn_state(f: np.ndarray) -> np.ndarray:
         (syn & rst_r, "REJ"), (syn & rst_o, "RSTOS0"), (syn & fin_o, "SH"), (syn & ~answered, "S0"),
         (synack & rst_r, "RSTRH"), (synack & fin_r, "SHR"),
     ]
-    return np.select([c for c, _ in choices], [s for _, s in choices], "OTH").astype(object)
+    return np.select([c for c, _ in choices], [CONN_STATES.index(s) for _, s in choices], CONN_STATES.index("OTH"))
 
 
 def flow_table(f: np.ndarray, files: list[str]) -> pa.Table:
     icmp = (f["proto"] == 1) | (f["proto"] == 58)
     orig_p = np.where(icmp, f["icmp_type"], f["orig_p"]).astype(np.uint16)
     resp_p = np.where(icmp, f["icmp_code"], f["resp_p"]).astype(np.uint16)
-    orig_h = addr_text(f["orig_hi"], f["orig_lo"])
-    resp_h = addr_text(f["resp_hi"], f["resp_lo"])
+    community = community_ids(f["proto"], f["ip_ver"], f["orig_hi"], f["orig_lo"], f["resp_hi"], f["resp_lo"],
+                              orig_p, resp_p)
     cols = {
-        "ts": pa.array(f["ts"], UTC_NS),
-        "last_ts": pa.array(f["last_ts"], UTC_NS),
-        "duration": (f["last_ts"] - f["ts"]) / 1e9,
-        "orig_h": orig_h,
-        "orig_p": orig_p,
-        "resp_h": resp_h,
-        "resp_p": resp_p,
-        "proto": pa.array(_PROTO_TABLE[f["proto"]], pa.string()),
-        "ip_ver": f["ip_ver"],
-        "icmp_id": np.where(icmp, f["resp_p"], 0).astype(np.uint16),
-        "orig_pkts": f["orig_pkts"],
-        "orig_bytes": f["orig_bytes"],
-        "resp_pkts": f["resp_pkts"],
-        "resp_bytes": f["resp_bytes"],
-        "orig_payload_bytes": f["orig_payload_bytes"],
-        "resp_payload_bytes": f["resp_payload_bytes"],
-        "orig_tcp_flags": f["orig_flags"],
-        "resp_tcp_flags": f["resp_flags"],
-        "conn_state": pa.array(conn_state(f), pa.string()),
-        "end_reason": pa.array(np.array(t.END_REASONS, object)[f["end_reason"]], pa.string()),
-        "vlan": f["vlan"],
-        "community_id": pa.array(community_ids(f["proto"], f["ip_ver"], f["orig_hi"], f["orig_lo"],
-                                               f["resp_hi"], f["resp_lo"], orig_p, resp_p), pa.string()),
-        "file": pa.array(np.array(files, object)[f["file_id"]], pa.string()),
-        "first_frame": f["first_frame"],
+        "ts": column(f["ts"], UTC_NS),
+        "last_ts": column(f["last_ts"], UTC_NS),
+        "duration": column((f["last_ts"] - f["ts"]) / 1e9),
+        "orig_h": addr_text(f["orig_hi"], f["orig_lo"]),
+        "orig_p": column(orig_p),
+        "resp_h": addr_text(f["resp_hi"], f["resp_lo"]),
+        "resp_p": column(resp_p),
+        "proto": labels(PROTO_VOCAB, f["proto"]),
+        "ip_ver": column(f["ip_ver"]),
+        "icmp_id": column(np.where(icmp, f["resp_p"], 0).astype(np.uint16)),
+        **{name: column(f[name]) for name in ("orig_pkts", "orig_bytes", "resp_pkts", "resp_bytes",
+                                              "orig_payload_bytes", "resp_payload_bytes")},
+        "orig_tcp_flags": column(f["orig_flags"]),
+        "resp_tcp_flags": column(f["resp_flags"]),
+        "conn_state": labels(CONN_STATES, conn_state(f)),
+        "end_reason": labels(list(t.END_REASONS), f["end_reason"]),
+        "vlan": column(f["vlan"]),
+        "community_id": pa.StringArray.from_buffers(len(f), pa.py_buffer(np.arange(len(f) + 1, dtype=np.int32) * ID_LEN),
+                                                   pa.py_buffer(community)),
+        "file": labels(files, f["file_id"]),
+        "first_frame": column(f["first_frame"]),
     }
-    return pa.table({k: pa.array(v) if isinstance(v, np.ndarray) else v for k, v in cols.items()})
+    return pa.Table.from_arrays(list(cols.values()), names=list(cols))
 
 
-def _names(blob: np.ndarray, off: np.ndarray, length: np.ndarray) -> np.ndarray:
+def _names(blob: np.ndarray, off: np.ndarray, length: np.ndarray) -> list[bytes]:
+    """DNS names as UTF-8 text: bytes beyond ASCII are written as \\xNN."""
     raw = blob.tobytes()
-    return np.array([raw[o:o + n].decode("utf-8", "backslashreplace") for o, n in zip(off.tolist(), length.tolist())],
-                    object)
+    names = [raw[o:o + n] for o, n in zip(off.tolist(), length.tolist())]
+    if (blob > 0x7E).any():
+        names = [n if n.isascii() else n.decode("ascii", "backslashreplace").encode() for n in names]
+    return names
 
 
 def dns_table(d: np.ndarray, blob: np.ndarray, files: list[str]) -> pa.Table:
     cols = {
-        "ts": pa.array(d["ts"], UTC_NS),
+        "ts": column(d["ts"], UTC_NS),
         "src_h": addr_text(d["src_hi"], d["src_lo"]),
-        "src_p": d["sport"],
+        "src_p": column(d["sport"]),
         "dst_h": addr_text(d["dst_hi"], d["dst_lo"]),
-        "dst_p": d["dport"],
-        "proto": pa.array(_PROTO_TABLE[d["proto"]], pa.string()),
-        "txid": d["txid"], "qr": d["qr"], "opcode": d["opcode"], "rcode": d["rcode"], "flags": d["flags"],
-        "qdcount": d["qdcount"], "ancount": d["ancount"], "nscount": d["nscount"], "arcount": d["arcount"],
-        "qname": pa.array(_names(blob, d["qname_off"], d["qname_len"]), pa.string()),
-        "qtype": d["qtype"], "qclass": d["qclass"], "msg_len": d["msg_len"], "weird": d["weird"],
-        "file": pa.array(np.array(files, object)[d["file_id"]], pa.string()),
-        "frame_no": d["frame_no"],
+        "dst_p": column(d["dport"]),
+        "proto": labels(PROTO_VOCAB, d["proto"]),
+        **{name: column(d[name]) for name in ("txid", "qr", "opcode", "rcode", "flags", "qdcount", "ancount",
+                                              "nscount", "arcount")},
+        "qname": strings(_names(blob, d["qname_off"], d["qname_len"])),
+        **{name: column(d[name]) for name in ("qtype", "qclass", "msg_len", "weird")},
+        "file": labels(files, d["file_id"]),
+        "frame_no": column(d["frame_no"]),
     }
-    return pa.table({k: pa.array(v) if isinstance(v, np.ndarray) else v for k, v in cols.items()})
+    return pa.Table.from_arrays(list(cols.values()), names=list(cols))
