@@ -199,10 +199,37 @@ def _end(flows, index, free, meta, out, n_out, s, reason, counters):
     return n_out
 
 
+@nb.njit(cache=True)
+def _split_active(flows, meta, out, n_out, s, counters):
+    """Emit the record of a flow that reached the active timeout; the flow stays in the table
+    (same orientation) and starts a continuation record with its next packet."""
+    n_out = _emit(flows, out, n_out, s, END_ACTIVE, counters)
+    counters[C_ACTIVE] += 1
+    _unlink_age(flows, meta, s)
+    f = flows[s]
+    f.state = (f.state & ~ST_MIDSTREAM) | ST_PENDING
+    f.orig_pkts = 0
+    f.resp_pkts = 0
+    f.orig_bytes = 0
+    f.resp_bytes = 0
+    f.orig_payload_bytes = 0
+    f.resp_payload_bytes = 0
+    return n_out
+
+
 @nb.njit(cache=True, inline="always")
 def _closed(f):
     st = f.state
     return (st & ST_FIN_ORIG and st & ST_FIN_RESP) or st & (ST_RST_ORIG | ST_RST_RESP)
+
+
+@nb.njit(cache=True, inline="always")
+def _idle_reason(f, now, params):
+    """END_IDLE or END_TCP if the flow has been quiet past its timeout at ``now``, else 0."""
+    gap = now - f.last_ts
+    if _closed(f):
+        return END_TCP if gap >= params[P_CLOSED] or gap >= params[P_IDLE] else 0
+    return END_IDLE if gap >= params[P_IDLE] else 0
 
 
 @nb.njit(cache=True)
@@ -217,17 +244,11 @@ def sweep(flows, index, free, meta, counters, params, out, n_out):
         if n_out >= limit:
             return n_out
         nxt = flows[s].age_next
-        n_out = _emit(flows, out, n_out, s, END_ACTIVE, counters)
-        counters[C_ACTIVE] += 1
-        _unlink_age(flows, meta, s)
-        f = flows[s]
-        f.state = (f.state & ~ST_MIDSTREAM) | ST_PENDING
-        f.orig_pkts = 0
-        f.resp_pkts = 0
-        f.orig_bytes = 0
-        f.resp_bytes = 0
-        f.orig_payload_bytes = 0
-        f.resp_payload_bytes = 0
+        reason = _idle_reason(flows[s], now, params)
+        if reason:  # went quiet long ago: that, not its age, is why it ends
+            n_out = _end(flows, index, free, meta, out, n_out, s, reason, counters)
+        else:
+            n_out = _split_active(flows, meta, out, n_out, s, counters)
         s = nxt
     s = meta[M_LRU_TAIL]
     while s >= 0:
@@ -235,10 +256,10 @@ def sweep(flows, index, free, meta, counters, params, out, n_out):
         if idle < params[P_CLOSED] and idle < params[P_IDLE]:
             break
         prv = flows[s].lru_prev
-        if idle >= params[P_IDLE] or (_closed(flows[s]) and idle >= params[P_CLOSED]):
+        reason = _idle_reason(flows[s], now, params)
+        if reason:
             if n_out >= limit:
                 return n_out
-            reason = END_TCP if _closed(flows[s]) else END_IDLE
             n_out = _end(flows, index, free, meta, out, n_out, s, reason, counters)
         s = prv
     meta[M_SWEEP_PENDING] = 0
@@ -342,10 +363,18 @@ def meter_run(pk, start, flows, index, free, meta, counters, params, out):
                     break
             j = (j + 1) & mask
         flags = r.tcp_flags
-        if s >= 0 and proto == 6 and flags & 2 and not flags & 16 and _closed(flows[s]):
-            n_out = _end(flows, index, free, meta, out, n_out, s, END_TCP, counters)
-            counters[C_REUSE] += 1
-            s = -1
+        if s >= 0:
+            # timeouts are decided per packet too, so they do not depend on batch boundaries
+            reason = _idle_reason(flows[s], ts, params)
+            if reason:
+                n_out = _end(flows, index, free, meta, out, n_out, s, reason, counters)
+                s = -1
+            elif proto == 6 and flags & 2 and not flags & 16 and _closed(flows[s]):
+                n_out = _end(flows, index, free, meta, out, n_out, s, END_TCP, counters)
+                counters[C_REUSE] += 1
+                s = -1
+            elif not flows[s].state & ST_PENDING and ts - flows[s].ts >= params[P_ACTIVE]:
+                n_out = _split_active(flows, meta, out, n_out, s, counters)
         if s < 0:
             if meta[M_COUNT] >= capacity:
                 n_out = _end(flows, index, free, meta, out, n_out, meta[M_LRU_TAIL], END_EVICT, counters)
