@@ -208,13 +208,20 @@ def _split_active(flows, meta, out, n_out, s, counters):
     _unlink_age(flows, meta, s)
     f = flows[s]
     f.state = (f.state & ~ST_MIDSTREAM) | ST_PENDING
+    _reset_counters(f)
+    return n_out
+
+
+@nb.njit(cache=True, inline="always")
+def _reset_counters(f):
     f.orig_pkts = 0
     f.resp_pkts = 0
     f.orig_bytes = 0
     f.resp_bytes = 0
     f.orig_payload_bytes = 0
     f.resp_payload_bytes = 0
-    return n_out
+    f.orig_flags = 0
+    f.resp_flags = 0
 
 
 @nb.njit(cache=True, inline="always")
@@ -288,14 +295,7 @@ def _create(flows, index, free, meta, counters, r, shi, slo, dhi, dlo, sp, dp, h
     f.icmp_code = r.icmp_code
     f.ts = r.ts
     f.last_ts = r.ts
-    f.orig_pkts = 0
-    f.resp_pkts = 0
-    f.orig_bytes = 0
-    f.resp_bytes = 0
-    f.orig_payload_bytes = 0
-    f.resp_payload_bytes = 0
-    f.orig_flags = 0
-    f.resp_flags = 0
+    _reset_counters(f)
     f.state = 0
     if r.proto == 6 and not r.tcp_flags & 2:
         f.state = ST_MIDSTREAM
