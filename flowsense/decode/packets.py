@@ -228,7 +228,7 @@ def _decode_ip(buf, p, end, version, r, blob, bp):
     return pay, stop, used
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def decode_batch(buf, frames, pk, dns, blob, weird_counts):
     """Decode every frame into ``pk`` (same length); DNS messages into ``dns``.
     Returns (DNS rows, blob bytes used)."""

@@ -34,7 +34,7 @@ def _rotl(x, n):
     return ((x << np.uint32(n)) | (x >> np.uint32(32 - n))) & np.uint32(0xFFFFFFFF)
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _sha1_base64(rows, lengths, out):
     """out[i] = "1:" + base64(sha1(rows[i, :lengths[i]])); inputs are <= 55 bytes (one block)."""
     block = np.zeros(64, np.uint8)

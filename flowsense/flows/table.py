@@ -318,7 +318,7 @@ def _create(flows, index, free, meta, counters, r, shi, slo, dhi, dlo, sp, dp, h
     return s
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def meter_run(pk, start, flows, index, free, meta, counters, params, out):
     """Account packets pk[start:] to flows; expired records go to ``out``.
     Returns (next packet index, records in out)."""
@@ -429,7 +429,7 @@ def meter_run(pk, start, flows, index, free, meta, counters, params, out):
     return i, n_out
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def flush(flows, index, free, meta, counters, out):
     """End every flow (end of input), oldest first, as many as fit in ``out``."""
     n_out = 0

@@ -9,10 +9,13 @@ import pyarrow.parquet as pq
 
 
 class ParquetSink:
-    def __init__(self, path: Path, empty: pa.Table):
+    """Dictionary encoding only for the named low-cardinality columns: on unique values (community
+    ids, timestamps) it triples the write time and grows the file."""
+
+    def __init__(self, path: Path, empty: pa.Table, dictionary_columns: tuple[str, ...] = ()):
         self.path = path
         self.schema = empty.schema
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd")
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", use_dictionary=list(dictionary_columns))
         self.rows = 0
 
     def write(self, table: pa.Table):

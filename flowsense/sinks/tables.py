@@ -57,7 +57,7 @@ def _put_decimal(out, k, v):
     return k + 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def _format_addrs(hi, lo, offsets, out):
     """Dotted quad for IPv4-mapped addresses, RFC 5952 text for IPv6; Arrow string layout."""
     hexdigits = np.frombuffer(b"0123456789abcdef", np.uint8)

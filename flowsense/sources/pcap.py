@@ -80,7 +80,7 @@ def _emit(frames, n, off, cap, wire, ts, link, file_id, st, counters):
         counters[_CAPLEN] += 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def walk_pcap(buf, st, link, nano, file_id, frames, counters):
     """Fill ``frames`` from classic pcap records; returns the number filled.  ``st`` carries the
     position between calls and S_DONE once the file is exhausted or damaged."""
@@ -174,7 +174,7 @@ def _read_idb(buf, pos, blen, be, st, if_link, if_kind, if_exp, if_off, if_snap,
     st[S_NIF] = k + 1
 
 
-@nb.njit(cache=True)
+@nb.njit(cache=True, nogil=True)
 def walk_pcapng(buf, st, if_link, if_kind, if_exp, if_off, if_snap, file_id, frames, counters):
     """Fill ``frames`` from pcapng packet blocks (EPB, SPB, obsolete PB), following section
     headers (byte order, interface list) and interface descriptions (link type, tsresol, tsoffset)."""
