@@ -1,0 +1,83 @@
+"""Syslog framing around a firewall message: RFC 5424, RFC 3164 (with or without <PRI>), an
+ISO-8601 timestamp prefix (rsyslog high-precision), or none.  Returns the Header and the message.
+
+RFC 3164 stamps carry neither year nor zone: they take ``TimeContext.year`` and ``.tz``
+(the year of the traffic being analysed, or of now for live input; the configured timezone).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from zoneinfo import ZoneInfo
+
+from flowsense.denylog.base import Header
+
+MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov",
+                                      "Dec"), 1)}
+_PRI = re.compile(r"<(\d{1,3})>")
+_RFC5424 = re.compile(r"(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) ?")
+_RFC3164 = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.\d+)? (?:(\S+) )?")
+_ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) (\S+) ")
+_TAG = re.compile(r"([A-Za-z_][\w\-./]*)(?:\[(\d+)\])?: ")
+_SD = re.compile(r'(?:-|(?:\[(?:[^\]"]|"(?:[^"\\]|\\.)*")*\])+) ?')
+
+
+@dataclass(frozen=True)
+class TimeContext:
+    """How to read stamps that lack a year or a zone; ``describe`` goes into stats."""
+    year: int
+    tz: str = "UTC"
+
+    def describe(self) -> str:
+        return f"syslog stamps without year/zone read as year {self.year}, timezone {self.tz}"
+
+
+def iso_ns(text: str, tz: str = "UTC") -> int | None:
+    try:
+        when = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=ZoneInfo(tz))
+    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
+
+
+def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
+    pos = 0
+    m = _PRI.match(line)
+    if m:
+        pos = m.end()
+        v = _RFC5424.match(line, pos)
+        if v and v.group(1) == "1":
+            ts = None if v.group(2) == "-" else iso_ns(v.group(2), ctx.tz)
+            host, app, msgid = (g if g != "-" else "" for g in (v.group(3), v.group(4), v.group(6)))
+            rest = line[v.end():]
+            sd = _SD.match(rest)
+            sd_text = ""
+            if sd:
+                sd_text = sd.group(0).strip()
+                rest = rest[sd.end():]
+            return Header(ts, host, app, msgid, "" if sd_text == "-" else sd_text), rest.lstrip("\ufeff")
+    m = _RFC3164.match(line, pos)
+    if m and m.group(1) in MONTHS:
+        mon, day, hh, mm, ss = MONTHS[m.group(1)], int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5))
+        try:
+            when = datetime(ctx.year, mon, day, hh, mm, ss, tzinfo=ZoneInfo(ctx.tz))
+            ts = int(when.astimezone(timezone.utc).timestamp()) * 1_000_000_000
+        except ValueError:
+            ts = None
+        return _tagged(ts, m.group(6) or "", line[m.end():])
+    m = _ISO.match(line, pos)
+    if m:
+        return _tagged(iso_ns(m.group(1), ctx.tz), m.group(2), line[m.end():])
+    return Header(), line[pos:]
+
+
+def _tagged(ts: int | None, host: str, rest: str) -> tuple[Header, str]:
+    """Split a leading 'tag[pid]: ' off the message (vendor message ids like %ASA-6-302013: stay)."""
+    t = _TAG.match(rest)
+    if t:
+        return Header(ts, host, t.group(1)), rest[t.end():]
+    return Header(ts, host), rest
