@@ -23,7 +23,9 @@ def _parser() -> argparse.ArgumentParser:
                        description="Replay pcap/pcapng captures (plain or gzip) deterministically.")
     a.add_argument("pcaps", nargs="+", metavar="PCAP", help="capture files, merged in time order")
     a.add_argument("--deny-log", action="append", default=[], metavar="FILE",
-                   help="firewall deny log to join (repeatable)")
+                   help="firewall deny log to join, plain or gzip (repeatable)")
+    a.add_argument("--deny-format", metavar="VENDOR", default="auto",
+                   help="vendor of the deny logs: auto (per line, default) or one of: " + ", ".join(_vendor_names()))
     a.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
     a.add_argument("--out", metavar="DIR", type=Path,
                    help="output folder (default: a new folder named after the first capture)")
@@ -35,6 +37,11 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--defaults", action="store_true", help="show the built-in defaults")
     c.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file to validate and show")
     return p
+
+
+def _vendor_names() -> list[str]:
+    from flowsense.denylog import VENDORS
+    return [v.NAME for v in VENDORS]
 
 
 def _when(ns: int | None) -> str:
@@ -57,8 +64,13 @@ def _summary(stats: dict, out_dir: Path) -> str:
         f"  weird    {weird}",
         f"  damage   {damage}",
     ]
+    if stats["denylog"]:
+        vendors = stats["denylog"]["vendors"]
+        per = ", ".join(f"{v} {c['parsed']:,}/{c['skipped']:,}/{c['failed']:,}" for v, c in vendors.items())
+        lines.append(f"  denies   {stats['denylog']['deny_rows']:,} rows from {stats['denylog']['lines']:,} lines "
+                     f"(parsed/skipped/failed: {per or 'none'})")
     lines += [f"  warning  {w}" for w in stats["warnings"]]
-    lines.append(f"  output   {out_dir}/ (flows.parquet, dns.parquet, alerts.jsonl, stats.json)")
+    lines.append(f"  output   {out_dir}/ ({', '.join(Path(p).name for p in stats['outputs'].values())})")
     return "\n".join(lines)
 
 
@@ -68,7 +80,8 @@ def _analyze(args) -> int:
 
     config = cfg.load(args.config)
     out_dir = args.out or default_out_dir(Path(args.pcaps[0]))
-    stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json)
+    stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json,
+                    deny_format=args.deny_format)
     if args.json:
         print(json.dumps(stats, indent=2))
     elif not args.quiet:

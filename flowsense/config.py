@@ -34,9 +34,23 @@ class PcapConfig:
 
 
 @dataclass(frozen=True)
+class DenylogConfig:
+    timezone: str = knob("UTC", "IANA zone for syslog stamps that carry none (RFC 3164), e.g. Europe/Berlin")
+
+    def __post_init__(self):
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise UsageError(f"config: [denylog].timezone {self.timezone!r} is not an IANA zone name "
+                             "(e.g. UTC, Europe/Berlin, America/New_York)") from None
+
+
+@dataclass(frozen=True)
 class Config:
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     pcap: PcapConfig = field(default_factory=PcapConfig)
+    denylog: DenylogConfig = field(default_factory=DenylogConfig)
 
 
 def _section(cls, name: str, raw: dict):
@@ -86,7 +100,11 @@ def to_toml(config: Config) -> str:
         for spec in dataclasses.fields(value):
             lines.append(f"# {spec.metadata['doc']}")
             item = getattr(value, spec.name)
-            lines.append(f"{spec.name} = {item!r}" if not isinstance(item, int) or isinstance(item, bool)
-                         else f"{spec.name} = {item:_}")
+            if isinstance(item, str):
+                lines.append(f'{spec.name} = "{item}"')
+            elif isinstance(item, int) and not isinstance(item, bool):
+                lines.append(f"{spec.name} = {item:_}")
+            else:
+                lines.append(f"{spec.name} = {item!r}")
         lines.append("")
     return "\n".join(lines)

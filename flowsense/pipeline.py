@@ -129,17 +129,28 @@ def _progress(captures: list[CaptureFile], quiet: bool):
     return bar, tick
 
 
-def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (), quiet: bool = False) -> dict:
+def read_deny_logs(paths: list[str], captures: list[CaptureFile], config: Config, deny_format: str | None):
+    """DENY rows of the deny logs; stamps without a year take the year of the traffic."""
+    from flowsense.denylog.framing import TimeContext
+    from flowsense.denylog.reader import DenyLogReader
+
+    starts = [ts for ts in (cf.first_ts() for cf in captures) if ts is not None]
+    year = time.gmtime(min(starts) / 1e9).tm_year if starts else time.gmtime().tm_year
+    reader = DenyLogReader(TimeContext(year, config.denylog.timezone), deny_format)
+    for path in paths:
+        reader.read_file(path)
+    return reader
+
+
+def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (), quiet: bool = False,
+            deny_format: str | None = None) -> dict:
     from flowsense.sinks.parquet import ParquetSink
-    from flowsense.sinks.tables import dns_table, flow_table
+    from flowsense.sinks.tables import deny_table, dns_table, flow_table
 
     started = time.perf_counter()
     captures = [CaptureFile(p, i, config.pcap.batch_frames) for i, p in enumerate(paths)]
     warnings = []
-    for log in deny_logs:
-        if not Path(log).is_file():
-            raise InputError(f"deny log {log}: no such file; check the --deny-log path")
-        warnings.append(f"--deny-log {log}: deny-log ingestion is not implemented in this version; not read")
+    denies = read_deny_logs(list(deny_logs), captures, config, deny_format) if deny_logs else None
     _prepare_out(out_dir)
     files = [str(cf.path) for cf in captures]
     decoder, meter, totals = Decoder(config.pcap.batch_frames), FlowMeter(config.flows), Totals()
@@ -170,6 +181,13 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
     if bar:
         bar.close()
     (out_dir / "alerts.jsonl").write_text("")
+    if denies is not None:
+        import pyarrow.parquet as pq
+        pq.write_table(deny_table(denies.rows(), denies.text_columns(), denies.sources), out_dir / "deny.parquet",
+                       compression="zstd")
+        failed = sum(v["failed"] for v in denies.stats()["vendors"].values())
+        if failed:
+            warnings.append(f"deny logs: {failed:,} line(s) could not be used; reasons and samples in stats.json")
     wall = time.perf_counter() - started
     for cf in captures:
         if cf.counters.any() and (cf.stats()["truncated_record"] or cf.stats()["damaged_record"]):
@@ -197,10 +215,11 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
         "capture": {name: sum(cf.stats()[name] for cf in captures)
                     for name in captures[0].stats() if name not in ("path", "format", "bytes")},
         "flow_meter": {**meter.stats(), "meter_s": round(meter_s, 3)},
+        "denylog": denies.stats() if denies is not None else None,
         "config": to_toml(config),
         "warnings": warnings,
         "outputs": {name: str(out_dir / name) for name in ("flows.parquet", "dns.parquet", "alerts.jsonl",
-                                                           "stats.json")},
+                                                           "stats.json") + (("deny.parquet",) if denies else ())},
     }
     (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
     return stats

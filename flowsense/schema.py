@@ -142,3 +142,15 @@ FLOW = Schema("flow", [
     Field("age_prev", "i4", "creation-order list link", internal=True),
     Field("age_next", "i4", "creation-order list link", internal=True),
 ])
+
+DENY = Schema("deny", [
+    Field("ts", "i8", "time of the deny, ns since epoch (UTC)"),
+    *_addr("src", "source"),
+    *_addr("dst", "destination"),
+    Field("sport", "u2", "source port (ICMP: type when logged)"),
+    Field("dport", "u2", "destination port (ICMP: code when logged)"),
+    Field("proto", "u1", "IP protocol"),
+    Field("action", "u1", "index into flowsense.denylog.base.ACTIONS (deny, drop, reject, reset)"),
+    Field("source", "u2", "index of the log file or listener the line came from"),
+    Field("line_no", "u4", "1-based line number in that source (the evidence reference)"),
+])

@@ -1,12 +1,13 @@
 #!/bin/sh
 # Set up flowsense on a Debian 12 machine as root: system packages, a virtualenv in .venv, the
-# package itself.  With --test, also the tools the tests and bench/ drive (tshark, softflowd, nfdump, time)
+# package itself.  With --test, also the tools the tests and bench/ drive (tshark, softflowd, nfdump,
+# GNU time; nftables, ulogd2 and iproute2 for the firewall tests in network namespaces)
 # and the test dependencies.  Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 system="python3 python3-venv python3-dev gcc libpcap0.8"
-tests="tshark softflowd nfdump time"
+tests="tshark softflowd nfdump time nftables ulogd2 ulogd2-json ethtool iputils-ping iproute2"
 want=$system
 [ "${1:-}" = "--test" ] && want="$system $tests"
 missing=""

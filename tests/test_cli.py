@@ -129,10 +129,12 @@ def test_version_help_and_config_defaults():
     assert "[flows]" in shown and "idle_timeout_s = 120.0" in shown and "active_timeout_s = 1800.0" in shown
 
 
-def test_deny_log_is_accepted_and_reported_as_not_yet_read(tmp_path):
-    (tmp_path / "fw.log").write_text("kernel: DROP IN=eth0 SRC=198.18.0.1 DST=198.19.0.1 PROTO=TCP SPT=1 DPT=2\n")
+def test_deny_log_rows_are_reported(tmp_path):
+    (tmp_path / "fw.log").write_text("Mar  2 09:20:01 fw kernel: DROP IN=eth0 SRC=198.18.0.1 DST=198.19.0.1 "
+                                     "PROTO=TCP SPT=1 DPT=2\n")
     result = run_cli("analyze", DEMO, "--deny-log", tmp_path / "fw.log", "--out", tmp_path / "o")
-    assert result.returncode == 0 and "not implemented in this version" in result.stdout
+    assert result.returncode == 0 and "denies   1 rows from 1 lines" in result.stdout
+    assert (tmp_path / "o" / "deny.parquet").is_file()
 
 
 @pytest.mark.parametrize("path", corpus_captures("pcap/robustness"), ids=lambda p: p.name)

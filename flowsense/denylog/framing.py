@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime
 from zoneinfo import ZoneInfo
 
 from flowsense.denylog.base import Header
@@ -32,6 +32,18 @@ class TimeContext:
 
     def describe(self) -> str:
         return f"syslog stamps without year/zone read as year {self.year}, timezone {self.tz}"
+
+    def hour_ns(self, month: int, day: int, hour: int) -> int | None:
+        """Epoch ns of the start of that hour in this year and zone (cached: a log has few hours)."""
+        key = (month, day, hour)
+        cache = self.__dict__.setdefault("_hours", {})
+        if key not in cache:
+            try:
+                when = datetime(self.year, month, day, hour, tzinfo=ZoneInfo(self.tz))
+                cache[key] = int(when.timestamp()) * 1_000_000_000
+            except ValueError:
+                cache[key] = None
+        return cache[key]
 
 
 def iso_ns(text: str, tz: str = "UTC") -> int | None:
@@ -62,12 +74,10 @@ def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
             return Header(ts, host, app, msgid, "" if sd_text == "-" else sd_text), rest.lstrip("\ufeff")
     m = _RFC3164.match(line, pos)
     if m and m.group(1) in MONTHS:
-        mon, day, hh, mm, ss = MONTHS[m.group(1)], int(m.group(2)), int(m.group(3)), int(m.group(4)), int(m.group(5))
-        try:
-            when = datetime(ctx.year, mon, day, hh, mm, ss, tzinfo=ZoneInfo(ctx.tz))
-            ts = int(when.astimezone(timezone.utc).timestamp()) * 1_000_000_000
-        except ValueError:
-            ts = None
+        hour = ctx.hour_ns(MONTHS[m.group(1)], int(m.group(2)), int(m.group(3)))
+        minutes, seconds = int(m.group(4)), int(m.group(5))
+        ts = None if hour is None or minutes > 59 or seconds > 60 else \
+            hour + (minutes * 60 + seconds) * 1_000_000_000
         return _tagged(ts, m.group(6) or "", line[m.end():])
     m = _ISO.match(line, pos)
     if m:

@@ -1,10 +1,28 @@
-"""Lines -> DENY rows: framing, vendor auto-detection (or a forced vendor), counting."""
+"""Deny-log lines -> DENY rows, with every line accounted for.
+
+Each line is framed (syslog), then offered to the vendor decoders (all of them, or the one forced
+with --deny-format) until one claims it.  Outcomes are counted per vendor: parsed (a DENY row),
+skipped (allow or other non-deny lines the vendor recognised) and failed per reason, with a few
+sample lines kept per reason; lines no vendor claims are counted under "unrecognised".
+"""
 
 from __future__ import annotations
 
+import gzip
+import ipaddress
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+
 from flowsense.denylog import VENDORS
-from flowsense.denylog.base import Deny, Fail, Skip
+from flowsense.denylog.base import ACTIONS, Deny, Fail, Skip
 from flowsense.denylog.framing import TimeContext, frame
+from flowsense.errors import InputError, UsageError
+from flowsense.schema import DENY
+
+SAMPLES_PER_REASON = 3
+UNRECOGNISED = "unrecognised"
 
 
 def parse_line(line: str, ctx: TimeContext, vendors=VENDORS):
@@ -13,8 +31,159 @@ def parse_line(line: str, ctx: TimeContext, vendors=VENDORS):
     for vendor in vendors:
         try:
             result = vendor.parse(msg, hdr)
-        except Exception as err:  # a parser bug must not stop the run; counted as a failure
+        except Exception as err:  # a decoder bug must not stop the run: counted as a failure
             return vendor.NAME, Fail(f"parser error: {type(err).__name__}"), hdr
         if result is not None:
             return vendor.NAME, result, hdr
     return None, None, hdr
+
+
+def vendor_named(name: str | None):
+    """The decoders to try: all (auto-detect) or the one named by --deny-format."""
+    if name in (None, "auto"):
+        return VENDORS
+    for vendor in VENDORS:
+        if vendor.NAME == name:
+            return (vendor,)
+    raise UsageError(f"--deny-format {name}: unknown; choose auto or one of {', '.join(v.NAME for v in VENDORS)}")
+
+
+def _halves(values: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    hi = np.array([v >> 64 for v in values], np.uint64)
+    lo = np.array([v & 0xFFFFFFFFFFFFFFFF for v in values], np.uint64)
+    return hi, lo
+
+
+class DenyLogReader:
+    """Accumulates DENY rows from files, or from lines fed by a listener or a tail."""
+
+    def __init__(self, ctx: TimeContext, deny_format: str | None = None):
+        self.ctx = ctx
+        self.vendors = vendor_named(deny_format)
+        self.sources: list[str] = []
+        self.cols = defaultdict(list)
+        self.parsed = Counter()
+        self.skipped = defaultdict(Counter)
+        self.failed = defaultdict(Counter)
+        self.samples = defaultdict(lambda: defaultdict(list))
+        self.lines = 0
+        self.blank = 0
+        self._addrs: dict[str, int | None] = {}
+
+    def _addr(self, text: str) -> int | None:
+        """Address text -> 128-bit int (IPv4 as IPv4-mapped); each distinct text parsed once."""
+        v = self._addrs.get(text, -1)
+        if v == -1:
+            try:
+                a = ipaddress.ip_address(text)
+                v = (0xFFFF << 32 | int(a)) if a.version == 4 else int(a)
+            except ValueError:
+                v = None
+            self._addrs[text] = v
+        return v
+
+    def add_source(self, name: str) -> int:
+        self.sources.append(name)
+        return len(self.sources) - 1
+
+    def feed(self, line: str, source: int, line_no: int):
+        self.lines += 1
+        if not line.strip():
+            self.blank += 1
+            return
+        vendor, result, hdr = parse_line(line, self.ctx, self.vendors)
+        if isinstance(result, Deny):
+            ts = result.ts if result.ts is not None else hdr.ts
+            src, dst = self._addr(result.src), self._addr(result.dst)
+            if ts is None:
+                result = Fail("no timestamp")
+            elif src is None or dst is None:
+                result = Fail("bad address")
+            elif not (0 <= result.sport < 65536 and 0 <= result.dport < 65536 and 0 <= result.proto < 256
+                      and result.action in ACTIONS):
+                result = Fail("bad port, protocol or action")
+            else:
+                self._keep(result, ts, src, dst, vendor, hdr.host, source, line_no, line)
+                return
+        if isinstance(result, Skip):
+            self.skipped[vendor][result.reason] += 1
+            return
+        vendor = vendor or UNRECOGNISED
+        reason = result.reason if isinstance(result, Fail) else "no vendor decoder claimed the line"
+        self.failed[vendor][reason] += 1
+        kept = self.samples[vendor][reason]
+        if len(kept) < SAMPLES_PER_REASON:
+            kept.append(line.rstrip("\r\n")[:500])
+
+    def _keep(self, d: Deny, ts: int, src: int, dst: int, vendor: str, host: str, source: int, line_no: int,
+              line: str):
+        c = self.cols
+        c["ts"].append(ts)
+        c["src"].append(src)
+        c["dst"].append(dst)
+        c["sport"].append(d.sport)
+        c["dport"].append(d.dport)
+        c["proto"].append(d.proto)
+        c["action"].append(d.action)
+        c["vendor"].append(vendor)
+        c["device"].append(d.device or host)
+        c["rule"].append(d.rule)
+        c["source"].append(source)
+        c["line_no"].append(line_no)
+        c["raw"].append(line.rstrip("\r\n"))
+        self.parsed[vendor] += 1
+
+    def read_file(self, path: str | Path):
+        """A plain or gzip text log; a file that is not text is an operator error."""
+        path = Path(path)
+        try:
+            with path.open("rb") as fh:
+                gz = fh.read(2) == b"\x1f\x8b"
+            opener = gzip.open if gz else open
+            with opener(path, "rb") as fh:
+                head = fh.read(8192)
+        except FileNotFoundError:
+            raise InputError(f"deny log {path}: no such file; check the --deny-log path") from None
+        except PermissionError:
+            raise InputError(f"deny log {path}: permission denied; make it readable or run with sudo") from None
+        except IsADirectoryError:
+            raise InputError(f"deny log {path}: is a folder; give log files") from None
+        except (OSError, EOFError) as err:
+            raise InputError(f"deny log {path}: unreadable ({err}); give a plain or gzip text log") from None
+        if b"\0" in head or head.decode("utf-8", "replace").count("\ufffd") > len(head) // 20:
+            raise InputError(f"deny log {path}: not a text log (binary content); give the firewall's text "
+                             "log, plain or gzip")
+        source = self.add_source(str(path))
+        with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
+            for line_no, line in enumerate(fh, 1):
+                self.feed(line, source, line_no)
+
+    def rows(self) -> np.ndarray:
+        c = self.cols
+        rows = DENY.empty(len(c["ts"]))
+        if len(rows):
+            rows["ts"] = c["ts"]
+            rows["src_hi"], rows["src_lo"] = _halves(c["src"])
+            rows["dst_hi"], rows["dst_lo"] = _halves(c["dst"])
+            rows["sport"], rows["dport"], rows["proto"] = c["sport"], c["dport"], c["proto"]
+            rows["action"] = [ACTIONS.index(a) for a in c["action"]]
+            rows["source"], rows["line_no"] = c["source"], c["line_no"]
+        return rows
+
+    def text_columns(self) -> dict[str, list[str]]:
+        return {name: self.cols[name] for name in ("vendor", "device", "rule", "raw")}
+
+    def stats(self) -> dict:
+        vendors = sorted(set(self.parsed) | set(self.skipped) | set(self.failed))
+        return {
+            "time_interpretation": self.ctx.describe(),
+            "files": self.sources,
+            "lines": self.lines,
+            "blank_lines": self.blank,
+            "deny_rows": sum(self.parsed.values()),
+            "vendors": {v: {"parsed": self.parsed[v], "skipped": sum(self.skipped[v].values()),
+                            "failed": sum(self.failed[v].values()),
+                            "skipped_by_reason": dict(self.skipped[v]), "failed_by_reason": dict(self.failed[v]),
+                            "failed_samples": {r: s for r, s in self.samples[v].items()}} for v in vendors},
+        }
+

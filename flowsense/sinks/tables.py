@@ -189,3 +189,22 @@ def dns_table(d: np.ndarray, blob: np.ndarray, files: list[str]) -> pa.Table:
         "frame_no": column(d["frame_no"]),
     }
     return pa.Table.from_arrays(list(cols.values()), names=list(cols))
+
+
+def deny_table(rows: np.ndarray, text: dict[str, list[str]], sources: list[str]) -> pa.Table:
+    from flowsense.denylog.base import ACTIONS
+
+    cols = {
+        "ts": column(rows["ts"], UTC_NS),
+        "src_h": addr_text(rows["src_hi"], rows["src_lo"]),
+        "src_p": column(rows["sport"]),
+        "dst_h": addr_text(rows["dst_hi"], rows["dst_lo"]),
+        "dst_p": column(rows["dport"]),
+        "proto": labels(PROTO_VOCAB, rows["proto"]),
+        "action": labels(list(ACTIONS), rows["action"]),
+        **{name: strings([t.encode() for t in text[name]]) for name in ("vendor", "device", "rule")},
+        "file": labels(sources or [""], rows["source"]),
+        "line_no": column(rows["line_no"]),
+        "raw": strings([t.encode() for t in text["raw"]]),
+    }
+    return pa.Table.from_arrays(list(cols.values()), names=list(cols))

@@ -326,6 +326,16 @@ class CaptureFile:
                 self._mm.madvise(mmap.MADV_DONTNEED, released, done - released)
                 released = done
 
+    def first_ts(self) -> int | None:
+        """Time of the first record, read without moving the walk."""
+        state, frames = self.state.copy(), FRAME.empty(1)
+        counters = np.zeros_like(self.counters)
+        if self.format == "pcap":
+            n = walk_pcap(self.buf, state, self.link, self.nano, self.file_id, frames, counters)
+        else:
+            n = walk_pcapng(self.buf, state, *[a.copy() for a in self.ifaces], self.file_id, frames, counters)
+        return int(frames[0]["ts"]) if n else None
+
     @property
     def position(self) -> int:
         return int(self.state[S_POS])
