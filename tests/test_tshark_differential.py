@@ -19,8 +19,9 @@ from conftest import corpus_captures, decode_file, flows_of
 
 FIELDS = ["frame.number", "frame.protocols", "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst",
           "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "sctp.srcport", "sctp.dstport",
-          "dns.qry.name", "_ws.malformed"]
-TRANSPORTS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58}
+          "dns.qry.name", "_ws.malformed", "ipv6.fraghdr.nxt"]
+TRANSPORTS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "esp": 50, "ah": 51, "gre": 47, "ip": 4,
+              "ipv6": 41}
 PREFS = ["-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-o", "tcp.desegment_tcp_streams:FALSE",
          "-o", "ip.check_checksum:FALSE"]
 
@@ -47,6 +48,8 @@ def expected_tuple(row: dict):
     proto = TRANSPORTS.get(transport)
     if version == 4 and row["ip.proto"]:
         proto = int(row["ip.proto"])
+    elif version == 6 and proto is None and row["ipv6.fraghdr.nxt"]:  # a later fragment: no transport
+        proto = int(row["ipv6.fraghdr.nxt"])
     sport = dport = None
     if proto in (6, 17, 132) and transport in ("tcp", "udp", "sctp"):
         sport, dport = row[f"{transport}.srcport"], row[f"{transport}.dstport"]
