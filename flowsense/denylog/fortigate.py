@@ -29,19 +29,24 @@ def parse(msg: str, hdr: Header):
     f = {k: v[1:-1] if v[:1] == '"' else v for k, v in _PAIR.findall(msg)}
     if "logid" not in f or "type" not in f:
         return None
+    if f["type"] == "event":  # the device's own events (admin, VPN, HA...), not traffic
+        return Skip("event")
     action = _DENY.get(f.get("action") or f.get("status", ""))
     if action is None:
         return Skip("not a deny")
     src, dst = f.get("srcip", ""), f.get("dstip", "")
-    proto = proto_number(f.get("proto", ""))
+    try:  # int() refuses junk, and text like '²' that base.port/proto_number let through (str.isdigit)
+        proto = proto_number(f.get("proto", ""))
+        if proto in (1, 58):
+            sport, dport = _icmp(f.get("icmptype", "")), _icmp(f.get("icmpcode", ""))
+        else:
+            sport, dport = port(f.get("srcport", "")), port(f.get("dstport", ""))
+    except ValueError:
+        return Fail("bad number")
     if not src or not dst:
         return Fail("missing address")
     if proto is None:
         return Fail("unknown protocol")
-    if proto in (1, 58):
-        sport, dport = _icmp(f.get("icmptype", "")), _icmp(f.get("icmpcode", ""))
-    else:
-        sport, dport = port(f.get("srcport", "")), port(f.get("dstport", ""))
     if sport is None or dport is None:
         return Fail("bad port")
     rule = f.get("policyname") or f.get("policyid", "")
@@ -50,15 +55,13 @@ def parse(msg: str, hdr: Header):
 
 def _icmp(text: str) -> int | None:
     """ICMP type/code as FortiOS writes them: '0x08' (or plain decimal); 0 when absent."""
-    try:
-        return int(text, 16 if text[:2] == "0x" else 10) if text else 0
-    except ValueError:
-        return None
+    n = int(text, 16 if text[:2] == "0x" else 10) if text else 0
+    return n if 0 <= n < 256 else None
 
 
 def _epoch_ns(text: str) -> int | None:
     """eventtime in s, ms, us or ns (by FortiOS release), told apart by magnitude."""
-    if not text.isdigit():
+    if not text.isdecimal():
         return None
     n = int(text)
     for limit, scale in ((10**11, 10**9), (10**14, 10**6), (10**17, 10**3)):

@@ -18,7 +18,8 @@ MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", 
                                       "Dec"), 1)}
 _PRI = re.compile(r"<(\d{1,3})>")
 _RFC5424 = re.compile(r"(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) ?")
-_RFC3164 = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.\d+)? (?:(\S+) )?")
+# the host is optional (pfSense's default BSD format has none): a token followed by ": " is a tag
+_RFC3164 = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.\d+)? +(?:(?!\S*: )(\S+) +)?")
 _ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) (\S+) ")
 _TAG = re.compile(r"([A-Za-z_][\w\-./]*)(?:\[(\d+)\])?: ")
 _SD = re.compile(r'(?:-|(?:\[(?:[^\]"]|"(?:[^"\\]|\\.)*")*\])+) ?')

@@ -31,7 +31,7 @@ _REJECT = re.compile(r"(?i)reject")
 
 
 def parse(msg: str, hdr: Header):
-    if "RT_" not in msg and not hdr.program.startswith("RT_"):
+    if not hdr.program.startswith("RT_") and "RT_" not in msg:
         return None
     event = _event(msg, hdr)
     if event is None:

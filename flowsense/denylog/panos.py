@@ -48,8 +48,11 @@ def parse(msg: str, hdr: Header):
     if action is None:
         return Skip(verdict) if verdict in _PASS else Fail("unknown action")
     src, dst = row[SRC], row[DST]
-    proto = proto_number(row[PROTO])
-    sport, dport = port(row[SPORT]), port(row[DPORT])
+    try:  # base.port/proto_number take str.isdigit text such as '²' that int() refuses
+        proto = proto_number(row[PROTO])
+        sport, dport = port(row[SPORT]), port(row[DPORT])
+    except ValueError:
+        return Fail("bad number")
     if not src or not dst:
         return Fail("missing address")
     if proto is None:
