@@ -23,8 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 ACTIONS = ("deny", "drop", "reject", "reset")
-PROTO_NUMBERS = {"icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "gre": 47, "esp": 50, "ah": 51, "icmp6": 58,
-                 "ipv6-icmp": 58, "icmpv6": 58, "sctp": 132}
+PROTO_NUMBERS = {"icmp": 1, "igmp": 2, "ipip": 4, "tcp": 6, "udp": 17, "ipv6": 41, "gre": 47, "esp": 50, "ah": 51,
+                 "icmp6": 58, "ipv6-icmp": 58, "icmpv6": 58, "eigrp": 88, "ospf": 89, "pim": 103, "vrrp": 112,
+                 "sctp": 132}
 
 
 @dataclass(frozen=True, slots=True)
@@ -39,7 +40,7 @@ class Header:
 @dataclass(frozen=True, slots=True)
 class Deny:
     src: str                  # addresses as text (IPv4 or IPv6)
-    dst: str
+    dst: str                  # "" when the log names no destination (e.g. ASA 313001)
     proto: int                # IP protocol number
     sport: int = 0
     dport: int = 0            # ICMP: type in sport, code in dport when the log gives them
@@ -47,6 +48,8 @@ class Deny:
     rule: str = ""            # rule / policy / prefix name
     device: str = ""          # device name when the message carries one (else the framing host)
     ts: int | None = None     # ns since epoch when the message carries its own time
+    local_time: str = ""      # or an ISO date-time without zone (device local time): the reader
+                              # applies the configured timezone, as for RFC 3164 stamps
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +65,7 @@ class Fail:
 def proto_number(text: str) -> int | None:
     """'TCP', 'tcp', '6' -> 6; None when unknown."""
     t = text.strip().lower()
-    if t.isdigit():
+    if t.isascii() and t.isdigit():
         n = int(t)
         return n if n < 256 else None
     return PROTO_NUMBERS.get(t)
@@ -70,7 +73,7 @@ def proto_number(text: str) -> int | None:
 
 def port(text: str) -> int | None:
     t = text.strip()
-    if t.isdigit():
+    if t.isascii() and t.isdigit():
         n = int(t)
         return n if n < 65536 else None
     return None if t else 0

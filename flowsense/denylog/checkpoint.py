@@ -20,7 +20,11 @@ from flowsense.denylog.base import Deny, Fail, Header, Skip, port, proto_number
 
 NAME = "checkpoint"
 
-_SD_PAIR = re.compile(r'(\w+):"((?:[^"\\]|\\.)*)"')
+# A quote inside a value is always escaped, so 'key:"' can only start a real field: the fields used
+# are picked out directly instead of splitting the whole (long) record.
+_SD_FIELD = re.compile(r'(?<!\w)(action|src|dst|proto|s_port|service|icmp_type|icmp_code|rule_name|rule|match_id|'
+                       r'layer_name|time|origin):"([^"\\]*(?:\\.[^"\\]*)*)"')
+_SD_ACTION = re.compile(r'(?<!\w)action:"(\w+)')
 _LEA_SPLIT = re.compile(r"(?<!\\)\|")
 _UNESCAPE = re.compile(r"\\(.)")
 _ADDRESS = re.compile(r"[0-9A-Fa-f]*[.:][0-9A-Fa-f.:]*")  # not a host name (LEA may resolve them)
@@ -29,7 +33,11 @@ _DENY = {"drop": "drop", "reject": "reject", "block": "drop"}
 
 def parse(msg: str, hdr: Header):
     if hdr.program == "CheckPoint" or 'loguid:"' in hdr.sd or 'loguid:"' in msg:
-        f = dict(_SD_PAIR.findall(hdr.sd if ':"' in hdr.sd else msg))
+        text = hdr.sd if ':"' in hdr.sd else msg
+        verdict = _SD_ACTION.search(text)
+        if verdict is None or verdict.group(1).lower() not in _DENY:
+            return Skip("not a deny")
+        f = dict(_SD_FIELD.findall(text))
     elif "|product=" in msg and "|orig" in msg:
         f = {k.strip().lower().replace(" ", "_").replace("-", "_"): v
              for k, _, v in (part.partition("=") for part in _LEA_SPLIT.split(msg))}

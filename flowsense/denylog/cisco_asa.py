@@ -27,7 +27,8 @@ _DST = rf"(?P<dst>{_IP})(?:/(?P<dport>\d+))?"
 _FROM_TO = re.compile(rf"(?:Inbound|Deny)(?: inbound)? (?P<proto>\w+) .*?from \(?{_SRC}\)?.*? to {_DST}", re.A)
 # 106010 106014 106023: 'Deny tcp src if:A/p[(user)] dst if:B/p [(type 8, code 0)] by access-group "acl" [...]'
 _SRC_DST = re.compile(rf"Deny (?:inbound )?(?:protocol )?(?P<proto>\w+) src {_IF}{_SRC}.*? dst {_IF}{_DST}"
-                      r"(?:.*?type (?P<type>\d+), code (?P<code>\d+))?(?:.*? by access-group \"(?P<rule>[^\"]*)\")?", re.A)
+                      r"(?:.*?type (?P<type>\d+), code (?P<code>\d+))?"
+                      r"(?:.*? by access-group \"(?P<rule>[^\"]*)\")?", re.A)
 # 106100: 'access-list acl denied tcp if/A(p) -> if/B(p) hit-cnt 1 first hit [...]'
 _ACL = re.compile(rf"access-list (?P<rule>\S+) (?P<verdict>denied|permitted|est-allowed) (?P<proto>\w+) "
                   rf"[^/]+/(?P<src>{_IP})\((?P<sport>\d+)\).*?-> ?[^/]+/(?P<dst>{_IP})\((?P<dport>\d+)\)", re.A)
@@ -38,8 +39,8 @@ _ICMP = re.compile(rf"Denied (?P<proto>ICMP|IPv6-ICMP) type=(?P<type>\d+), (?:co
 # 710003: 'TCP access denied by ACL from A/p to if:B/p' (to the box itself)
 _TO_BOX = re.compile(rf"(?P<proto>\w+) access denied by ACL from {_SRC} to {_IF}{_DST}", re.A)
 # 338007 338008: 'Dynamic Filter dropped black listed TCP traffic from if:A/p (mapped) to if:B/p (mapped), ...'
-_BOTNET = re.compile(rf"Dynamic Filter dropped black ?listed (?P<proto>\w+) traffic from {_IF}{_SRC}.*? to {_IF}{_DST}",
-                     re.A)
+_BOTNET = re.compile(rf"Dynamic Filter dropped black ?listed (?P<proto>\w+) traffic from {_IF}{_SRC}.*? "
+                     rf"to {_IF}{_DST}", re.A)
 
 _DENY = {"106001": _FROM_TO, "106006": _FROM_TO, "106007": _FROM_TO, "106012": _FROM_TO, "106015": _FROM_TO,
          "106016": _FROM_TO, "106017": _FROM_TO, "106020": _FROM_TO, "106021": _FROM_TO, "106022": _FROM_TO,

@@ -3,11 +3,12 @@
     date=2020-04-23 time=01:16:08 devname="fw1" logid="0000000013" type="traffic" ... srcip=10.10.10.10
     srcport=60899 dstip=175.16.199.1 dstport=161 proto=17 action="deny" policyid=0 ...
 
-Values are bare or double-quoted (quoted ones may hold spaces, '=' and backslash escapes), so the
-line is split into pairs by one pattern that steps over quoted values whole.  Only the actions that
-refuse traffic are denies; session ends (close, timeout, server-rst, client-rst) and passes are
-skips.  FortiOS 5.0 wrote the action as 'status'.  ``eventtime`` is epoch (s, ms, us or ns by
-release); date/time are device local time without a zone, so they are not used.
+Only the actions that refuse traffic are denies; session ends (close, timeout, server-rst,
+client-rst) and passes are skips.  FortiOS 5.0 wrote the action as 'status'.  Values are bare or
+double-quoted (quoted ones may hold spaces, '=' and backslash escapes): a deny line is split into
+pairs by one pattern that steps over quoted values whole, the other lines are skipped after a cheap
+look at every 'action='.  ``eventtime`` is epoch (s, ms, us or ns by release); without it, date/time
+are device local time, zoned by the ``tz`` field when present, else by the configured timezone.
 """
 
 from __future__ import annotations
@@ -15,21 +16,24 @@ from __future__ import annotations
 import re
 
 from flowsense.denylog.base import Deny, Fail, Header, Skip, port, proto_number
+from flowsense.denylog.framing import iso_ns
 
 NAME = "fortigate"
 
-_PAIR = re.compile(r'(\w+)=("(?:[^"\\]|\\.)*"|\S*)')
+_LOGID = re.compile(r'(?<!\w)logid="?\d')
+_VERDICT = re.compile(r' (?:action|status)="?([\w-]+)')  # every candidate, quoted values included
+_PAIR = re.compile(r'(\w+)=("[^"\\]*(?:\\.[^"\\]*)*"|\S*)')  # a quoted value is stepped over whole
 _DENY = {"deny": "deny", "block": "deny", "blocked": "deny", "drop": "drop", "dropped": "drop",
          "clear_session": "drop", "reject": "reject", "reset": "reset"}
 
 
 def parse(msg: str, hdr: Header):
-    if "logid=" not in msg or "type=" not in msg:
+    if "logid=" not in msg or _LOGID.search(msg) is None:
         return None
+    if not any(v in _DENY for v in _VERDICT.findall(msg)):  # most lines: accept/close, skipped cheaply
+        return Skip("not a deny")
     f = {k: v[1:-1] if v[:1] == '"' else v for k, v in _PAIR.findall(msg)}
-    if "logid" not in f or "type" not in f:
-        return None
-    if f["type"] == "event":  # the device's own events (admin, VPN, HA...), not traffic
+    if f.get("type") == "event":  # the device's own events (admin, VPN, HA...), not traffic
         return Skip("event")
     action = _DENY.get(f.get("action") or f.get("status", ""))
     if action is None:
@@ -50,7 +54,11 @@ def parse(msg: str, hdr: Header):
     if sport is None or dport is None:
         return Fail("bad port")
     rule = f.get("policyname") or f.get("policyid", "")
-    return Deny(src, dst, proto, sport, dport, action, rule, f.get("devname", ""), _epoch_ns(f.get("eventtime", "")))
+    ts = _epoch_ns(f.get("eventtime", ""))
+    local = f"{f.get('date', '')}T{f.get('time', '')}" if ts is None and "date" in f and "time" in f else ""
+    if local and f.get("tz"):
+        ts, local = iso_ns(local + f["tz"]), ""
+    return Deny(src, dst, proto, sport, dport, action, rule, f.get("devname", ""), ts, local)
 
 
 def _icmp(text: str) -> int | None:
@@ -64,7 +72,7 @@ def _epoch_ns(text: str) -> int | None:
     if not text.isdecimal():
         return None
     n = int(text)
-    for limit, scale in ((10**11, 10**9), (10**14, 10**6), (10**17, 10**3)):
+    for limit, scale in ((10**11, 10**9), (10**14, 10**6), (10**17, 10**3), (10**20, 1)):
         if n < limit:
             return n * scale
-    return n
+    return None

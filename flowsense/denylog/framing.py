@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
@@ -19,7 +20,9 @@ MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", 
 _PRI = re.compile(r"<(\d{1,3})>")
 _RFC5424 = re.compile(r"(\d{1,2}) (\S+) (\S+) (\S+) (\S+) (\S+) ?")
 # the host is optional (pfSense's default BSD format has none): a token followed by ": " is a tag
-_RFC3164 = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2}) (\d\d):(\d\d):(\d\d)(?:\.\d+)? +(?:(?!\S*: )(\S+) +)?")
+# Cisco devices may add a year ("Aug 06 2016 20:39:42:")
+_RFC3164 = re.compile(r"([A-Z][a-z]{2}) +(\d{1,2})(?: (\d{4}))? (\d\d):(\d\d):(\d\d)(?:\.\d+)?:? +"
+                      r"(?:(?!\S*: )(\S+) +)?")
 _ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?(?:Z|[+-]\d\d:?\d\d)?) (\S+) ")
 _TAG = re.compile(r"([A-Za-z_][\w\-./]*)(?:\[(\d+)\])?: ")
 _SD = re.compile(r'(?:-|(?:\[(?:[^\]"]|"(?:[^"\\]|\\.)*")*\])+) ?')
@@ -35,16 +38,16 @@ class TimeContext:
         return f"syslog stamps without year/zone read as year {self.year}, timezone {self.tz}"
 
     def hour_ns(self, month: int, day: int, hour: int) -> int | None:
-        """Epoch ns of the start of that hour in this year and zone (cached: a log has few hours)."""
-        key = (month, day, hour)
-        cache = self.__dict__.setdefault("_hours", {})
-        if key not in cache:
-            try:
-                when = datetime(self.year, month, day, hour, tzinfo=ZoneInfo(self.tz))
-                cache[key] = int(when.timestamp()) * 1_000_000_000
-            except ValueError:
-                cache[key] = None
-        return cache[key]
+        return _hour_ns(self.year, self.tz, month, day, hour)
+
+
+@lru_cache(maxsize=65536)
+def _hour_ns(year: int, tz: str, month: int, day: int, hour: int) -> int | None:
+    """Epoch ns of the start of that hour (cached: a log spans few hours)."""
+    try:
+        return int(datetime(year, month, day, hour, tzinfo=ZoneInfo(tz)).timestamp()) * 1_000_000_000
+    except ValueError:
+        return None
 
 
 def iso_ns(text: str, tz: str = "UTC") -> int | None:
@@ -59,7 +62,7 @@ def iso_ns(text: str, tz: str = "UTC") -> int | None:
 
 def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
     pos = 0
-    m = _PRI.match(line)
+    m = _PRI.match(line) if line[:1] == "<" else None
     if m:
         pos = m.end()
         v = _RFC5424.match(line, pos)
@@ -73,14 +76,16 @@ def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
                 sd_text = sd.group(0).strip()
                 rest = rest[sd.end():]
             return Header(ts, host, app, msgid, "" if sd_text == "-" else sd_text), rest.lstrip("\ufeff")
-    m = _RFC3164.match(line, pos)
+    first = line[pos:pos + 1]
+    m = _RFC3164.match(line, pos) if first.isupper() else None
     if m and m.group(1) in MONTHS:
-        hour = ctx.hour_ns(MONTHS[m.group(1)], int(m.group(2)), int(m.group(3)))
-        minutes, seconds = int(m.group(4)), int(m.group(5))
+        stamp_ctx = TimeContext(int(m.group(3)), ctx.tz) if m.group(3) else ctx
+        hour = stamp_ctx.hour_ns(MONTHS[m.group(1)], int(m.group(2)), int(m.group(4)))
+        minutes, seconds = int(m.group(5)), int(m.group(6))
         ts = None if hour is None or minutes > 59 or seconds > 60 else \
             hour + (minutes * 60 + seconds) * 1_000_000_000
-        return _tagged(ts, m.group(6) or "", line[m.end():])
-    m = _ISO.match(line, pos)
+        return _tagged(ts, m.group(7) or "", line[m.end():])
+    m = _ISO.match(line, pos) if first.isdigit() else None
     if m:
         return _tagged(iso_ns(m.group(1), ctx.tz), m.group(2), line[m.end():])
     return Header(), line[pos:]

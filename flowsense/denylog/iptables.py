@@ -59,7 +59,7 @@ def parse(msg: str, hdr: Header):
         return Skip("accept")
     sport, dport = (fields.get("TYPE", "0"), fields.get("CODE", "0")) if proto in (1, 58) else \
         (fields.get("SPT", "0"), fields.get("DPT", "0"))
-    if not (sport.isdigit() and dport.isdigit()):
+    if not (sport.isascii() and sport.isdigit() and dport.isascii() and dport.isdigit()):
         return Fail("bad port")
     action = "reject" if _REJECT.search(rule) else "drop" if _DROP.search(rule) else "deny"
     return Deny(src, dst, proto, int(sport), int(dport), action, rule, ts=ts)

@@ -39,7 +39,10 @@ def parse(msg: str, hdr: Header):
     kind = head.group(1)
     if kind not in DEVICE_NAME:
         return Skip("not a deny")
-    row = next(csv.reader([msg])) if '"' in msg else msg.split(",")
+    try:
+        row = next(csv.reader([msg])) if '"' in msg else msg.split(",")
+    except csv.Error:  # a stray CR inside a record, an over-long field
+        return Fail("bad CSV")
     last = THREAT_NAME if kind == "THREAT" else ACTION
     if len(row) <= last:
         return Fail("short record")

@@ -9,7 +9,7 @@ sample lines kept per reason; lines no vendor claims are counted under "unrecogn
 from __future__ import annotations
 
 import gzip
-import ipaddress
+import socket
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -17,11 +17,13 @@ import numpy as np
 
 from flowsense.denylog import VENDORS
 from flowsense.denylog.base import ACTIONS, Deny, Fail, Skip
-from flowsense.denylog.framing import TimeContext, frame
+from flowsense.denylog.framing import TimeContext, frame, iso_ns
 from flowsense.errors import InputError, UsageError
 from flowsense.schema import DENY
 
 SAMPLES_PER_REASON = 3
+ADDRESS_CACHE = 1 << 20  # distinct addresses remembered (bounds memory on scans of huge ranges)
+_V4_MAPPED = 0xFFFF << 32
 UNRECOGNISED = "unrecognised"
 
 
@@ -59,7 +61,10 @@ class DenyLogReader:
 
     def __init__(self, ctx: TimeContext, deny_format: str | None = None):
         self.ctx = ctx
-        self.vendors = vendor_named(deny_format)
+        vendors = vendor_named(deny_format)
+        # logs come in runs of one vendor: try the vendor of the previous line first
+        self._orders = {v.NAME: (v, *(w for w in vendors if w is not v)) for v in vendors}
+        self._order = vendors
         self.sources: list[str] = []
         self.cols = defaultdict(list)
         self.parsed = Counter()
@@ -75,11 +80,14 @@ class DenyLogReader:
         v = self._addrs.get(text, -1)
         if v == -1:
             try:
-                a = ipaddress.ip_address(text)
-                v = (0xFFFF << 32 | int(a)) if a.version == 4 else int(a)
-            except ValueError:
-                v = None
-            self._addrs[text] = v
+                v = _V4_MAPPED | int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big")
+            except OSError:
+                try:
+                    v = int.from_bytes(socket.inet_pton(socket.AF_INET6, text.split("%")[0]), "big")
+                except OSError:
+                    v = None
+            if len(self._addrs) < ADDRESS_CACHE:
+                self._addrs[text] = v
         return v
 
     def add_source(self, name: str) -> int:
@@ -91,10 +99,14 @@ class DenyLogReader:
         if not line.strip():
             self.blank += 1
             return
-        vendor, result, hdr = parse_line(line, self.ctx, self.vendors)
+        vendor, result, hdr = parse_line(line, self.ctx, self._order)
+        if vendor is not None:
+            self._order = self._orders[vendor]
         if isinstance(result, Deny):
             ts = result.ts if result.ts is not None else hdr.ts
-            src, dst = self._addr(result.src), self._addr(result.dst)
+            if ts is None and result.local_time:
+                ts = iso_ns(result.local_time, self.ctx.tz)
+            src, dst = self._addr(result.src), (self._addr(result.dst) if result.dst else 0)
             if ts is None:
                 result = Fail("no timestamp")
             elif src is None or dst is None:
@@ -103,7 +115,7 @@ class DenyLogReader:
                       and result.action in ACTIONS):
                 result = Fail("bad port, protocol or action")
             else:
-                self._keep(result, ts, src, dst, vendor, hdr.host, source, line_no, line)
+                self._keep(result, ts, src, dst, vendor, hdr.host, source, line_no)
                 return
         if isinstance(result, Skip):
             self.skipped[vendor][result.reason] += 1
@@ -115,8 +127,7 @@ class DenyLogReader:
         if len(kept) < SAMPLES_PER_REASON:
             kept.append(line.rstrip("\r\n")[:500])
 
-    def _keep(self, d: Deny, ts: int, src: int, dst: int, vendor: str, host: str, source: int, line_no: int,
-              line: str):
+    def _keep(self, d: Deny, ts: int, src: int, dst: int, vendor: str, host: str, source: int, line_no: int):
         c = self.cols
         c["ts"].append(ts)
         c["src"].append(src)
@@ -130,7 +141,6 @@ class DenyLogReader:
         c["rule"].append(d.rule)
         c["source"].append(source)
         c["line_no"].append(line_no)
-        c["raw"].append(line.rstrip("\r\n"))
         self.parsed[vendor] += 1
 
     def read_file(self, path: str | Path):
@@ -171,7 +181,7 @@ class DenyLogReader:
         return rows
 
     def text_columns(self) -> dict[str, list[str]]:
-        return {name: self.cols[name] for name in ("vendor", "device", "rule", "raw")}
+        return {name: self.cols[name] for name in ("vendor", "device", "rule")}
 
     def stats(self) -> dict:
         vendors = sorted(set(self.parsed) | set(self.skipped) | set(self.failed))

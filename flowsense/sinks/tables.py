@@ -205,6 +205,5 @@ def deny_table(rows: np.ndarray, text: dict[str, list[str]], sources: list[str])
         **{name: strings([t.encode() for t in text[name]]) for name in ("vendor", "device", "rule")},
         "file": labels(sources or [""], rows["source"]),
         "line_no": column(rows["line_no"]),
-        "raw": strings([t.encode() for t in text["raw"]]),
     }
     return pa.Table.from_arrays(list(cols.values()), names=list(cols))
