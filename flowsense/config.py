@@ -11,7 +11,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flowsense.errors import InputError, UsageError
+from flowsense.errors import UsageError, reading
 
 
 def knob(default, doc: str, minimum=None):
@@ -75,11 +75,9 @@ def load(path: str | Path | None) -> Config:
     if path is None:
         return Config()
     try:
-        raw = tomllib.loads(Path(path).read_text())
-    except FileNotFoundError:
-        raise InputError(f"config file {path} not found: check the path given to -c") from None
-    except PermissionError:
-        raise InputError(f"config file {path} is not readable: fix its permissions") from None
+        with reading(f"config file {path}"):
+            text = Path(path).read_text()
+        raw = tomllib.loads(text)
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as err:
         raise UsageError(f"config file {path} is not valid TOML ({err}); "
                          "see `flowsense config show --defaults`") from None

@@ -8,6 +8,8 @@
 Bad *traffic* is never an exception: decoders set weird bits and bump counters instead.
 """
 
+from contextlib import contextmanager
+
 
 class FlowsenseError(Exception):
     exit_code = 1
@@ -19,3 +21,16 @@ class UsageError(FlowsenseError):
 
 class InputError(FlowsenseError):
     exit_code = 3
+
+
+@contextmanager
+def reading(what: str):
+    """Turn the OS errors of opening an input into a one-line InputError naming the fix."""
+    try:
+        yield
+    except FileNotFoundError:
+        raise InputError(f"{what}: no such file; check the path") from None
+    except PermissionError:
+        raise InputError(f"{what}: permission denied; make it readable or run with sudo") from None
+    except IsADirectoryError:
+        raise InputError(f"{what}: is a folder; give files, not a folder") from None

@@ -93,7 +93,7 @@ def test_truncated_capture_is_processed_and_reported(tmp_path):
     (["analyze", "."], 3, "is a folder"),
     (["analyze", "DEMO", "-c", "bad.toml"], 2, "valid keys: idle_timeout_s"),
     (["analyze", "DEMO", "-c", "broken.toml"], 2, "not valid TOML"),
-    (["analyze", "DEMO", "-c", "nope.toml"], 3, "config file nope.toml not found"),
+    (["analyze", "DEMO", "-c", "nope.toml"], 3, "config file nope.toml: no such file"),
     (["analyze", "DEMO", "--out", "/proc/flowsense"], 3, "choose a writable folder with --out"),
     (["analyze", "DEMO", "--deny-log", "nofile.log"], 3, "no such file"),
     (["analyze"], 2, "the following arguments are required"),

@@ -213,7 +213,8 @@ def _decode_ip(buf, p, end, version, r, blob, bp):
     if q < 0 or frag == 2:
         r.weird |= weird
         return -1, 0, 0
-    pay, w4, sport, dport, flags, seq, win, itype, icode, iid, iseq, l4_len = _transport(buf, q, stop, declared_end, proto)
+    pay, w4, sport, dport, flags, seq, win, itype, icode, iid, iseq, l4_len = \
+        _transport(buf, q, stop, declared_end, proto)
     r.weird |= weird | w4
     r.sport, r.dport, r.tcp_flags, r.tcp_seq, r.tcp_win = sport, dport, flags, seq, win
     r.icmp_type, r.icmp_code, r.icmp_id, r.icmp_seq, r.l4_len = itype, icode, iid, iseq, l4_len

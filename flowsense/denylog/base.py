@@ -77,3 +77,15 @@ def port(text: str) -> int | None:
         n = int(t)
         return n if n < 65536 else None
     return None if t else 0
+
+
+def checked(src: str, dst: str, proto: int | None, sport: int | None, dport: int | None, action: str,
+            rule: str = "", device: str = "", ts: int | None = None, local_time: str = "") -> Deny | Fail:
+    """The Deny, or the Fail that names what is missing: the checks every decoder ends with."""
+    if not src or not dst:
+        return Fail("missing address")
+    if proto is None:
+        return Fail("unknown protocol")
+    if sport is None or dport is None:
+        return Fail("bad port")
+    return Deny(src, dst, proto, sport, dport, action, rule, device, ts, local_time)

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import re
 
-from flowsense.denylog.base import Deny, Fail, Header, Skip, port, proto_number
+from flowsense.denylog.base import Fail, Header, Skip, checked, port, proto_number
 
 NAME = "checkpoint"
 
@@ -49,21 +49,14 @@ def parse(msg: str, hdr: Header):
     src, dst = f.get("src", ""), f.get("dst", "")
     if not _ADDRESS.fullmatch(src) or not _ADDRESS.fullmatch(dst):
         return Fail("missing address" if not src or not dst else "address is a name")
-    try:  # base.port/proto_number take str.isdigit text such as '²' that int() refuses
-        proto = proto_number(f.get("proto", ""))
-        if proto in (1, 58):
-            sport, dport = port(f.get("icmp_type", "")), port(f.get("icmp_code", ""))
-        else:
-            sport, dport = port(f.get("s_port", "")), port(f.get("service", ""))
-    except ValueError:
-        return Fail("bad number")
-    if proto is None:
-        return Fail("unknown protocol")
-    if sport is None or dport is None:
-        return Fail("bad port")
+    proto = proto_number(f.get("proto", ""))
+    if proto in (1, 58):
+        sport, dport = port(f.get("icmp_type", "")), port(f.get("icmp_code", ""))
+    else:
+        sport, dport = port(f.get("s_port", "")), port(f.get("service", ""))
     number = f.get("rule") or f.get("match_id", "")
     rule = f.get("rule_name") or ":".join(p for p in (f.get("layer_name", ""), number) if p)
     when = f.get("time", "")
     ts = int(when) * 1_000_000_000 if when.isdecimal() else None
-    return Deny(src, dst, proto, sport, dport, action, _UNESCAPE.sub(r"\1", rule),
-                f.get("origin") or f.get("orig", ""), ts)
+    return checked(src, dst, proto, sport, dport, action, _UNESCAPE.sub(r"\1", rule),
+                   f.get("origin") or f.get("orig", ""), ts)

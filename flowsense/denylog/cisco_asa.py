@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import re
 
-from flowsense.denylog.base import Deny, Fail, Header, Skip, port, proto_number
+from flowsense.denylog.base import Deny, Fail, Header, Skip, checked, port, proto_number
 
 NAME = "cisco_asa"
 
@@ -91,14 +91,7 @@ def _connection_event(body: str, msg_rule: str):
     if "Block" not in verdict:
         return Skip("not a deny")
     src, dst = f.get("SrcIP", ""), f.get("DstIP", "")
-    try:  # base.port/proto_number take str.isdigit text such as '²' that int() refuses
-        proto = proto_number(f.get("Protocol", ""))
-        sport, dport = port(f.get("SrcPort", "")), port(f.get("DstPort", ""))
-    except ValueError:
-        return Fail("bad number")
-    if not src or not dst or proto is None:
-        return Fail("missing address or protocol")
-    if sport is None or dport is None:
-        return Fail("bad port")
+    proto = proto_number(f.get("Protocol", ""))
+    sport, dport = port(f.get("SrcPort", "")), port(f.get("DstPort", ""))
     action = "reset" if "reset" in verdict else "deny"
-    return Deny(src, dst, proto, sport, dport, action, f.get("AccessControlRuleName") or msg_rule)
+    return checked(src, dst, proto, sport, dport, action, f.get("AccessControlRuleName") or msg_rule)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 
-from flowsense.denylog.base import Deny, Fail, Header, Skip, port, proto_number
+from flowsense.denylog.base import Header, Skip, checked, port, proto_number
 from flowsense.denylog.framing import iso_ns
 
 NAME = "fortigate"
@@ -39,31 +39,25 @@ def parse(msg: str, hdr: Header):
     if action is None:
         return Skip("not a deny")
     src, dst = f.get("srcip", ""), f.get("dstip", "")
-    try:  # int() refuses junk, and text like '²' that base.port/proto_number let through (str.isdigit)
-        proto = proto_number(f.get("proto", ""))
-        if proto in (1, 58):
-            sport, dport = _icmp(f.get("icmptype", "")), _icmp(f.get("icmpcode", ""))
-        else:
-            sport, dport = port(f.get("srcport", "")), port(f.get("dstport", ""))
-    except ValueError:
-        return Fail("bad number")
-    if not src or not dst:
-        return Fail("missing address")
-    if proto is None:
-        return Fail("unknown protocol")
-    if sport is None or dport is None:
-        return Fail("bad port")
+    proto = proto_number(f.get("proto", ""))
+    if proto in (1, 58):
+        sport, dport = _icmp(f.get("icmptype", "")), _icmp(f.get("icmpcode", ""))
+    else:
+        sport, dport = port(f.get("srcport", "")), port(f.get("dstport", ""))
     rule = f.get("policyname") or f.get("policyid", "")
     ts = _epoch_ns(f.get("eventtime", ""))
     local = f"{f.get('date', '')}T{f.get('time', '')}" if ts is None and "date" in f and "time" in f else ""
     if local and f.get("tz"):
         ts, local = iso_ns(local + f["tz"]), ""
-    return Deny(src, dst, proto, sport, dport, action, rule, f.get("devname", ""), ts, local)
+    return checked(src, dst, proto, sport, dport, action, rule, f.get("devname", ""), ts, local)
 
 
 def _icmp(text: str) -> int | None:
     """ICMP type/code as FortiOS writes them: '0x08' (or plain decimal); 0 when absent."""
-    n = int(text, 16 if text[:2] == "0x" else 10) if text else 0
+    try:
+        n = int(text, 16 if text[:2] == "0x" else 10) if text else 0
+    except ValueError:
+        return None
     return n if 0 <= n < 256 else None
 
 

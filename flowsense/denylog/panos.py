@@ -14,7 +14,7 @@ from __future__ import annotations
 import csv
 import re
 
-from flowsense.denylog.base import Deny, Fail, Header, Skip, port, proto_number
+from flowsense.denylog.base import Fail, Header, Skip, checked, port, proto_number
 
 NAME = "panos"
 
@@ -51,17 +51,8 @@ def parse(msg: str, hdr: Header):
     if action is None:
         return Skip(verdict) if verdict in _PASS else Fail("unknown action")
     src, dst = row[SRC], row[DST]
-    try:  # base.port/proto_number take str.isdigit text such as '²' that int() refuses
-        proto = proto_number(row[PROTO])
-        sport, dport = port(row[SPORT]), port(row[DPORT])
-    except ValueError:
-        return Fail("bad number")
-    if not src or not dst:
-        return Fail("missing address")
-    if proto is None:
-        return Fail("unknown protocol")
-    if sport is None or dport is None:
-        return Fail("bad port")
+    proto = proto_number(row[PROTO])
+    sport, dport = port(row[SPORT]), port(row[DPORT])
     rule = f"threat:{row[THREAT_NAME]}" if kind == "THREAT" else row[RULE]
     at = DEVICE_NAME[kind]
-    return Deny(src, dst, proto, sport, dport, action, rule, row[at] if len(row) > at else "")
+    return checked(src, dst, proto, sport, dport, action, rule, row[at] if len(row) > at else "")

@@ -18,7 +18,7 @@ import numpy as np
 from flowsense.denylog import VENDORS
 from flowsense.denylog.base import ACTIONS, Deny, Fail, Skip
 from flowsense.denylog.framing import TimeContext, frame, iso_ns
-from flowsense.errors import InputError, UsageError
+from flowsense.errors import InputError, UsageError, reading
 from flowsense.schema import DENY
 
 SAMPLES_PER_REASON = 3
@@ -147,17 +147,12 @@ class DenyLogReader:
         """A plain or gzip text log; a file that is not text is an operator error."""
         path = Path(path)
         try:
-            with path.open("rb") as fh:
-                gz = fh.read(2) == b"\x1f\x8b"
-            opener = gzip.open if gz else open
-            with opener(path, "rb") as fh:
-                head = fh.read(8192)
-        except FileNotFoundError:
-            raise InputError(f"deny log {path}: no such file; check the --deny-log path") from None
-        except PermissionError:
-            raise InputError(f"deny log {path}: permission denied; make it readable or run with sudo") from None
-        except IsADirectoryError:
-            raise InputError(f"deny log {path}: is a folder; give log files") from None
+            with reading(f"deny log {path}"):
+                with path.open("rb") as fh:
+                    gz = fh.read(2) == b"\x1f\x8b"
+                opener = gzip.open if gz else open
+                with opener(path, "rb") as fh:
+                    head = fh.read(8192)
         except (OSError, EOFError) as err:
             raise InputError(f"deny log {path}: unreadable ({err}); give a plain or gzip text log") from None
         if b"\0" in head or head.decode("utf-8", "replace").count("\ufffd") > len(head) // 20:

@@ -156,8 +156,8 @@ def flow_table(f: np.ndarray, files: list[str]) -> pa.Table:
         "conn_state": labels(CONN_STATES, conn_state(f)),
         "end_reason": labels(list(t.END_REASONS), f["end_reason"]),
         "vlan": column(f["vlan"]),
-        "community_id": pa.StringArray.from_buffers(len(f), pa.py_buffer(np.arange(len(f) + 1, dtype=np.int32) * ID_LEN),
-                                                   pa.py_buffer(community)),
+        "community_id": pa.StringArray.from_buffers(
+            len(f), pa.py_buffer(np.arange(len(f) + 1, dtype=np.int32) * ID_LEN), pa.py_buffer(community)),
         "file": labels(files, f["file_id"]),
         "first_frame": column(f["first_frame"]),
     }

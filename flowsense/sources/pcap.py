@@ -18,7 +18,7 @@ from pathlib import Path
 import numba as nb
 import numpy as np
 
-from flowsense.errors import InputError
+from flowsense.errors import InputError, reading
 from flowsense.schema import FRAME
 
 PCAP_MAGICS = {0xA1B2C3D4: (False, False), 0xA1B23C4D: (False, True),
@@ -249,14 +249,8 @@ def walk_pcapng(buf, st, if_link, if_kind, if_exp, if_off, if_snap, file_id, fra
 def _map(path: Path):
     """Map a capture read-only; gzip is inflated to an anonymous temp file first so memory stays
     flat.  Returns (uint8 array, keep-alive objects)."""
-    try:
+    with reading(f"capture {path}"):
         raw = path.open("rb")
-    except FileNotFoundError:
-        raise InputError(f"{path}: no such file; check the capture path") from None
-    except PermissionError:
-        raise InputError(f"{path}: permission denied; make the capture readable or run with sudo") from None
-    except IsADirectoryError:
-        raise InputError(f"{path}: is a folder; give capture files (e.g. {path}/*.pcap)") from None
     with raw:
         if raw.read(2) == GZIP_MAGIC:
             tmp = tempfile.TemporaryFile()
