@@ -46,6 +46,14 @@ def test_framing_variants():
     assert hdr.ts == int(datetime(2024, 9, 28, 8, 38, 9, tzinfo=timezone.utc).timestamp()) * 10**9  # CEST = UTC+2
 
 
+def test_journald_json_export_record():
+    record = json.dumps({"__REALTIME_TIMESTAMP": "1772443201000000", "_HOSTNAME": "gw", "SYSLOG_IDENTIFIER": "kernel",
+                         "MESSAGE": IPT.split("kernel: ", 1)[1]})
+    vendor, result, hdr = parse_line(record, CTX)
+    assert (vendor, hdr.host, hdr.program, hdr.ts) == ("iptables", "gw", "kernel", 1772443201 * 10**9)
+    assert isinstance(result, Deny) and result.dport == 443
+
+
 def test_iptables_line_to_deny():
     vendor, result, hdr = parse_line(IPT, CTX)
     assert vendor == "iptables" and isinstance(result, Deny)

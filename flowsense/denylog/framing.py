@@ -1,5 +1,6 @@
 """Syslog framing around a firewall message: RFC 5424, RFC 3164 (with or without <PRI>), an
-ISO-8601 timestamp prefix (rsyslog high-precision), or none.  Returns the Header and the message.
+ISO-8601 timestamp prefix (rsyslog high-precision), a journald JSON export record, or none.
+Returns the Header and the message.
 
 RFC 3164 stamps carry neither year nor zone: they take ``TimeContext.year`` and ``.tz``
 (the year of the traffic being analysed, or of now for live input; the configured timezone).
@@ -7,6 +8,7 @@ RFC 3164 stamps carry neither year nor zone: they take ``TimeContext.year`` and 
 
 from __future__ import annotations
 
+import json
 import re
 from dataclasses import dataclass
 from functools import lru_cache
@@ -60,7 +62,25 @@ def iso_ns(text: str, tz: str = "UTC") -> int | None:
     return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
+def _journald(line: str) -> tuple[Header, str] | None:
+    """A `journalctl -o json` record: MESSAGE is the log line, the time is in microseconds."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return None
+    message = record.get("MESSAGE") if isinstance(record, dict) else None
+    if not isinstance(message, str):
+        return None
+    stamp = str(record.get("__REALTIME_TIMESTAMP", ""))
+    ts = int(stamp) * 1000 if stamp.isascii() and stamp.isdigit() else None
+    return Header(ts, str(record.get("_HOSTNAME", "")), str(record.get("SYSLOG_IDENTIFIER", ""))), message
+
+
 def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
+    if line[:1] == "{" and '"MESSAGE"' in line:
+        journal = _journald(line)
+        if journal is not None:
+            return journal
     pos = 0
     m = _PRI.match(line) if line[:1] == "<" else None
     if m:
