@@ -18,7 +18,6 @@ from flowsense.denylog.base import Deny, Fail, Header, Skip, proto_number
 
 NAME = "iptables"
 
-_FIELDS = re.compile(r"\b(SRC|DST|PROTO|SPT|DPT|TYPE|CODE)=(\S*)")
 _FIRST_KEY = re.compile(r"\b[A-Z]{2,}=")
 _UPTIME = re.compile(r"^\[\s*\d+\.\d+\]\s*")
 _PVEFW_TIME = re.compile(r"\b(\d{1,2}/[A-Z][a-z]{2}/\d{4}:\d\d:\d\d:\d\d [+-]\d{4}) ")
@@ -27,10 +26,23 @@ _REJECT = re.compile(r"(?i)reject")
 _DROP = re.compile(r"(?i)drop|-D-\d|-D\]|block|\bdeny")
 
 
+def _field(msg: str, key: str) -> str | None:
+    """Value of ' KEY=' up to the next space (str.find: ~5x cheaper than a findall over the line)."""
+    at = msg.find(key)
+    if at < 0:
+        return None
+    at += len(key)
+    end = msg.find(" ", at)
+    return msg[at:] if end < 0 else msg[at:end]
+
+
 def _prefix(msg: str, hdr: Header) -> tuple[str, int | None]:
     """The rule prefix in front of the first KEY= field, and the Proxmox per-line time if any."""
-    key = _FIRST_KEY.search(msg)
-    head = _UPTIME.sub("", msg[:key.start()] if key else "").strip()
+    at = msg.find("IN=")
+    if at < 0:
+        key = _FIRST_KEY.search(msg)
+        at = key.start() if key else 0
+    head = _UPTIME.sub("", msg[:at]).strip() if msg[:1] == "[" and msg[1:2] in " 0123456789" else msg[:at].strip()
     if hdr.host and head.startswith(hdr.host + " "):
         head = head[len(hdr.host) + 1:]
     ts = None
@@ -45,20 +57,21 @@ def _prefix(msg: str, hdr: Header) -> tuple[str, int | None]:
 
 
 def parse(msg: str, hdr: Header):
-    if " SRC=" not in msg or " DST=" not in msg:
+    src = _field(msg, " SRC=")
+    dst = _field(msg, " DST=") if src is not None else None
+    if dst is None:
         return None
-    fields = dict(_FIELDS.findall(msg))
-    src, dst = fields.get("SRC", ""), fields.get("DST", "")
     if not src or not dst:
         return Fail("missing SRC or DST")
-    proto = proto_number(fields["PROTO"]) if "PROTO" in fields else 0
+    name = _field(msg, " PROTO=")
+    proto = 0 if name is None else proto_number(name)
     if proto is None:
         return Fail("unknown PROTO")
     rule, ts = _prefix(msg, hdr)
     if _ALLOW.search(rule):
         return Skip("accept")
-    sport, dport = (fields.get("TYPE", "0"), fields.get("CODE", "0")) if proto in (1, 58) else \
-        (fields.get("SPT", "0"), fields.get("DPT", "0"))
+    ports = (" TYPE=", " CODE=") if proto in (1, 58) else (" SPT=", " DPT=")
+    sport, dport = (_field(msg, key) or "0" for key in ports)
     if not (sport.isascii() and sport.isdigit() and dport.isascii() and dport.isdigit()):
         return Fail("bad port")
     action = "reject" if _REJECT.search(rule) else "drop" if _DROP.search(rule) else "deny"
