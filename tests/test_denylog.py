@@ -181,3 +181,16 @@ def test_mutated_corpus_lines_never_raise(line, edits, cut):
     hdr, msg = frame("".join(chars)[:cut], CTX)
     for vendor in VENDORS:
         assert isinstance(vendor.parse(msg, hdr), (Deny, Skip, Fail, type(None)))
+
+
+def test_analyze_joins_every_corpus_vendor(tmp_path):
+    logs = sorted(FIREWALL.rglob("*.log"))
+    args = [a for log in logs for a in ("--deny-log", log)]
+    result = run_cli("analyze", PCAPS / "demo-egress.pcap", *args, "--out", tmp_path / "o", "--json")
+    assert result.returncode == 0, result.stderr
+    stats = json.loads(result.stdout)["denylog"]
+    rows = pq.read_table(tmp_path / "o" / "deny.parquet").to_pylist()
+    per_vendor = {v: sum(r["vendor"] == v for r in rows) for v in {r["vendor"] for r in rows}}
+    assert per_vendor == {v: c["parsed"] for v, c in stats["vendors"].items() if c["parsed"]}
+    assert {"iptables", "cisco_asa", "pfsense", "panos", "fortigate", "juniper_srx", "mikrotik"} <= set(per_vendor)
+    assert all(r["file"] and r["line_no"] >= 1 for r in rows)
