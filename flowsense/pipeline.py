@@ -27,7 +27,7 @@ from flowsense.sources.pcap import CaptureFile
 
 def _decode_stream(cf: CaptureFile, decoder: Decoder):
     for frames in cf.batches():
-        yield cf, decoder.decode(cf.buf, frames)
+        yield decoder.decode(cf.buf, frames)
 
 
 def decoded_batches(captures: list[CaptureFile], decoder: Decoder, on_batch=None):
@@ -36,7 +36,7 @@ def decoded_batches(captures: list[CaptureFile], decoder: Decoder, on_batch=None
     streams = [_decode_stream(cf, decoder if k == 0 else Decoder(cf.batch_frames, decoder.weird_counts))
                for k, cf in enumerate(captures)]
     if len(streams) == 1:
-        for _cf, batch in streams[0]:
+        for batch in streams[0]:
             if on_batch:
                 on_batch()
             yield batch
@@ -50,7 +50,7 @@ def decoded_batches(captures: list[CaptureFile], decoder: Decoder, on_batch=None
                 if nxt is None:
                     live.discard(k)
                 else:
-                    pending[k] = nxt[1]
+                    pending[k] = nxt
                     if on_batch:
                         on_batch()
         ready = [p for p in pending if p is not None and len(p.packets)]
