@@ -99,21 +99,22 @@ def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
     first = line[pos:pos + 1]
     m = _RFC3164.match(line, pos) if first.isupper() else None
     if m and m.group(1) in MONTHS:
-        stamp_ctx = TimeContext(int(m.group(3)), ctx.tz) if m.group(3) else ctx
-        hour = stamp_ctx.hour_ns(MONTHS[m.group(1)], int(m.group(2)), int(m.group(4)))
-        minutes, seconds = int(m.group(5)), int(m.group(6))
+        mon, day, year, hh, mm, ss, host = m.groups()
+        hour = _hour_ns(int(year) if year else ctx.year, ctx.tz, MONTHS[mon], int(day), int(hh))
+        minutes, seconds = int(mm), int(ss)
         ts = None if hour is None or minutes > 59 or seconds > 60 else \
             hour + (minutes * 60 + seconds) * 1_000_000_000
-        return _tagged(ts, m.group(7) or "", line[m.end():])
+        return _tagged(ts, host or "", line, m.end())
     m = _ISO.match(line, pos) if first.isdigit() else None
     if m:
-        return _tagged(iso_ns(m.group(1), ctx.tz), m.group(2), line[m.end():])
+        return _tagged(iso_ns(m.group(1), ctx.tz), m.group(2), line, m.end())
     return Header(), line[pos:]
 
 
-def _tagged(ts: int | None, host: str, rest: str) -> tuple[Header, str]:
-    """Split a leading 'tag[pid]: ' off the message (vendor message ids like %ASA-6-302013: stay)."""
-    t = _TAG.match(rest)
+def _tagged(ts: int | None, host: str, line: str, at: int) -> tuple[Header, str]:
+    """Split a leading 'tag[pid]: ' off the message at ``at`` (vendor message ids like
+    %ASA-6-302013: stay)."""
+    t = _TAG.match(line, at)
     if t:
-        return Header(ts, host, t.group(1)), rest[t.end():]
-    return Header(ts, host), rest
+        return Header(ts, host, t.group(1)), line[t.end():]
+    return Header(ts, host), line[at:]
