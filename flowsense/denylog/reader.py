@@ -27,6 +27,7 @@ from flowsense.schema import DENY
 SAMPLES_PER_REASON = 3
 PARALLEL_BYTES = 16 << 20  # plain logs at least this big are split across processes
 MAX_WORKERS = 8
+ACTION_INDEX = {a: i for i, a in enumerate(ACTIONS)}
 ADDRESS_CACHE = 1 << 20  # distinct addresses remembered (bounds memory on scans of huge ranges)
 _V4_MAPPED = 0xFFFF << 32
 UNRECOGNISED = "unrecognised"
@@ -72,7 +73,7 @@ class DenyLogReader:
         self._orders = {v.NAME: (v, *(w for w in vendors if w is not v)) for v in vendors}
         self._order = vendors
         self.sources: list[str] = []
-        self.cols = defaultdict(list)
+        self.kept: list[tuple] = []  # one tuple per DENY row, columns made at the end
         self.parsed = Counter()
         self.skipped = defaultdict(Counter)
         self.failed = defaultdict(Counter)
@@ -134,19 +135,8 @@ class DenyLogReader:
             kept.append(line.rstrip("\r\n")[:500])
 
     def _keep(self, d: Deny, ts: int, src: int, dst: int, vendor: str, host: str, source: int, line_no: int):
-        c = self.cols
-        c["ts"].append(ts)
-        c["src"].append(src)
-        c["dst"].append(dst)
-        c["sport"].append(d.sport)
-        c["dport"].append(d.dport)
-        c["proto"].append(d.proto)
-        c["action"].append(d.action)
-        c["vendor"].append(vendor)
-        c["device"].append(d.device or host)
-        c["rule"].append(d.rule)
-        c["source"].append(source)
-        c["line_no"].append(line_no)
+        self.kept.append((ts, src, dst, d.sport, d.dport, d.proto, ACTION_INDEX[d.action], source, line_no, vendor,
+                          d.device or host, d.rule))
         self.parsed[vendor] += 1
 
     def read_file(self, path: str | Path):
@@ -191,17 +181,12 @@ class DenyLogReader:
 
     def _state(self) -> dict:
         """What a worker process hands back (plain containers that pickle)."""
-        return {"cols": dict(self.cols), "parsed": self.parsed, "skipped": dict(self.skipped),
+        return {"kept": self.kept, "parsed": self.parsed, "skipped": dict(self.skipped),
                 "failed": dict(self.failed), "samples": {v: dict(r) for v, r in self.samples.items()},
                 "lines": self.lines, "blank": self.blank}
 
     def _absorb(self, part: dict, source: int, line_base: int):
-        for name, values in part["cols"].items():
-            if name == "line_no":
-                values = [n + line_base for n in values]
-            elif name == "source":
-                values = [source] * len(values)
-            self.cols[name].extend(values)
+        self.kept.extend((*row[:7], source, row[8] + line_base, *row[9:]) for row in part["kept"])
         self.parsed.update(part["parsed"])
         for mine, theirs in ((self.skipped, part["skipped"]), (self.failed, part["failed"])):
             for vendor, counts in theirs.items():
@@ -213,20 +198,21 @@ class DenyLogReader:
         self.lines += part["lines"]
         self.blank += part["blank"]
 
+    def _column(self, k: int) -> list:
+        return [row[k] for row in self.kept]
+
     def rows(self) -> np.ndarray:
-        c = self.cols
-        rows = DENY.empty(len(c["ts"]))
+        rows = DENY.empty(len(self.kept))
         if len(rows):
-            rows["ts"] = c["ts"]
-            rows["src_hi"], rows["src_lo"] = _halves(c["src"])
-            rows["dst_hi"], rows["dst_lo"] = _halves(c["dst"])
-            rows["sport"], rows["dport"], rows["proto"] = c["sport"], c["dport"], c["proto"]
-            rows["action"] = [ACTIONS.index(a) for a in c["action"]]
-            rows["source"], rows["line_no"] = c["source"], c["line_no"]
+            rows["ts"] = self._column(0)
+            rows["src_hi"], rows["src_lo"] = _halves(self._column(1))
+            rows["dst_hi"], rows["dst_lo"] = _halves(self._column(2))
+            for k, name in enumerate(("sport", "dport", "proto", "action", "source", "line_no"), 3):
+                rows[name] = self._column(k)
         return rows
 
     def text_columns(self) -> dict[str, list[str]]:
-        return {name: self.cols[name] for name in ("vendor", "device", "rule")}
+        return {name: self._column(k) for k, name in enumerate(("vendor", "device", "rule"), 9)}
 
     def stats(self) -> dict:
         vendors = sorted(set(self.parsed) | set(self.skipped) | set(self.failed))
