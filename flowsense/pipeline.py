@@ -136,7 +136,7 @@ def read_deny_logs(paths: list[str], captures: list[CaptureFile], config: Config
 
     starts = [ts for ts in (cf.first_ts() for cf in captures) if ts is not None]
     year = time.gmtime(min(starts) / 1e9).tm_year if starts else time.gmtime().tm_year
-    reader = DenyLogReader(TimeContext(year, config.denylog.timezone), deny_format)
+    reader = DenyLogReader(TimeContext(year, config.denylog.timezone, min(starts) if starts else None), deny_format)
     for path in paths:
         reader.read_file(path)
     return reader

@@ -46,6 +46,17 @@ def test_framing_variants():
     assert hdr.ts == int(datetime(2024, 9, 28, 8, 38, 9, tzinfo=timezone.utc).timestamp()) * 10**9  # CEST = UTC+2
 
 
+def test_yearless_stamps_near_a_new_year_take_the_neighbouring_year():
+    january_traffic = int(datetime(2026, 1, 2, tzinfo=timezone.utc).timestamp()) * 10**9
+    ctx = TimeContext(2026, "UTC", january_traffic)
+    assert frame("Dec 31 23:59:00 fw kernel: x", ctx)[0].ts == \
+        int(datetime(2025, 12, 31, 23, 59, tzinfo=timezone.utc).timestamp()) * 10**9
+    assert frame("Jan  2 00:00:05 fw kernel: x", ctx)[0].ts == january_traffic + 5 * 10**9
+    december_traffic = int(datetime(2025, 12, 30, tzinfo=timezone.utc).timestamp()) * 10**9
+    assert frame("Jan  1 00:00:00 fw kernel: x", TimeContext(2025, "UTC", december_traffic))[0].ts == \
+        int(datetime(2026, 1, 1, tzinfo=timezone.utc).timestamp()) * 10**9
+
+
 def test_journald_json_export_record():
     record = json.dumps({"__REALTIME_TIMESTAMP": "1772443201000000", "_HOSTNAME": "gw", "SYSLOG_IDENTIFIER": "kernel",
                          "MESSAGE": IPT.split("kernel: ", 1)[1]})

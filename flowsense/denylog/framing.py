@@ -30,17 +30,29 @@ _TAG = re.compile(r"([A-Za-z_][\w\-./]*)(?:\[(\d+)\])?: ")
 _SD = re.compile(r'(?:-|(?:\[(?:[^\]"]|"(?:[^"\\]|\\.)*")*\])+) ?')
 
 
+HALF_YEAR_NS = 183 * 86400 * 1_000_000_000
+
+
 @dataclass(frozen=True)
 class TimeContext:
-    """How to read stamps that lack a year or a zone; ``describe`` goes into stats."""
+    """How to read stamps that lack a year or a zone; ``describe`` goes into stats.  With a
+    ``reference`` time (the traffic's start), a yearless stamp more than half a year away from it
+    takes the neighbouring year: December log lines next to January traffic."""
     year: int
     tz: str = "UTC"
+    reference_ns: int | None = None
 
     def describe(self) -> str:
-        return f"syslog stamps without year/zone read as year {self.year}, timezone {self.tz}"
+        near = " (or the neighbouring year, within half a year of the traffic)" if self.reference_ns else ""
+        return f"syslog stamps without year/zone read as year {self.year}{near}, timezone {self.tz}"
 
-    def hour_ns(self, month: int, day: int, hour: int) -> int | None:
-        return _hour_ns(self.year, self.tz, month, day, hour)
+    def yearless(self, month: int, day: int, hour: int) -> int | None:
+        """Epoch ns of that hour for a stamp that names no year."""
+        ns = _hour_ns(self.year, self.tz, month, day, hour)
+        if ns is None or self.reference_ns is None or abs(ns - self.reference_ns) <= HALF_YEAR_NS:
+            return ns
+        other = _hour_ns(self.year + (1 if ns < self.reference_ns else -1), self.tz, month, day, hour)
+        return ns if other is None else other
 
 
 @lru_cache(maxsize=65536)
@@ -100,7 +112,8 @@ def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
     m = _RFC3164.match(line, pos) if first.isupper() else None
     if m and m.group(1) in MONTHS:
         mon, day, year, hh, mm, ss, host = m.groups()
-        hour = _hour_ns(int(year) if year else ctx.year, ctx.tz, MONTHS[mon], int(day), int(hh))
+        hour = _hour_ns(int(year), ctx.tz, MONTHS[mon], int(day), int(hh)) if year else \
+            ctx.yearless(MONTHS[mon], int(day), int(hh))
         minutes, seconds = int(mm), int(ss)
         ts = None if hour is None or minutes > 59 or seconds > 60 else \
             hour + (minutes * 60 + seconds) * 1_000_000_000
