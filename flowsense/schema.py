@@ -154,3 +154,25 @@ DENY = Schema("deny", [
     Field("source", "u2", "index of the log file or listener the line came from"),
     Field("line_no", "u4", "1-based line number in that source (the evidence reference)"),
 ])
+
+NFLOW = Schema("nflow", [
+    Field("ts", "i8", "flow start, ns since epoch"),
+    Field("last_ts", "i8", "flow end, ns since epoch"),
+    *_addr("src", "source"),
+    *_addr("dst", "destination"),
+    Field("sport", "u2", "source port"),
+    Field("dport", "u2", "destination port"),
+    Field("proto", "u1", "IP protocol"),
+    Field("tcp_flags", "u1", "OR of TCP flags"),
+    Field("icmp_type", "u1", "ICMP type"),
+    Field("icmp_code", "u1", "ICMP code"),
+    Field("packets", "u8", "packets as exported (not scaled by sampling)"),
+    Field("bytes", "u8", "IP-layer bytes as exported (not scaled by sampling)"),
+    Field("sampling", "u4", "1-in-N packet sampling that applied (1 when unsampled or unknown)"),
+    Field("in_if", "u4", "ingress interface index"),
+    Field("out_if", "u4", "egress interface index"),
+    Field("fw_event", "u1", "Cisco NSEL firewall event (3 = flow denied), 0 when absent"),
+    Field("version", "u1", "5, 9 or 10 (IPFIX)"),
+    Field("domain", "u4", "observation domain (IPFIX) or source id (v9); engine type/id (v5)"),
+    *_addr("exporter", "exporter"),
+])

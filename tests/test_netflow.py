@@ -1,0 +1,176 @@
+"""NetFlow v5/v9/IPFIX datagram decoding on the corpus: every export sample decodes into plausible
+records, pmacct's expected output agrees, data before its template is replayed, and fuzzed
+datagrams never raise nor grow memory."""
+
+from __future__ import annotations
+
+import collections
+import ipaddress
+import json
+import re
+import struct
+
+import dpkt
+import numpy as np
+import pytest
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from conftest import CORPUS
+from flowsense.decode.netflow import MAX_WAITING_SETS, NetflowDecoder
+from flowsense.sinks.tables import addr_text
+
+NETFLOW = CORPUS / "netflow"
+LOGSTASH = NETFLOW / "logstash-codec-netflow"
+EXPORTER = "198.18.0.9"
+
+
+def text(rows, side):
+    return addr_text(rows[f"{side}_hi"], rows[f"{side}_lo"]).to_pylist()
+
+
+def errors(decoder) -> dict:
+    return {k: v for s in decoder.stats().values() for k, v in s.items() if k.startswith("error")}
+
+
+def udp_payloads(path):
+    """(exporter address, UDP payload) of every export datagram in a capture."""
+    with open(path, "rb") as fh:
+        reader = dpkt.pcap.Reader(fh)
+        link = reader.datalink()
+        for _, frame in reader:
+            ip = (dpkt.ethernet.Ethernet(frame) if link == 1 else dpkt.sll.SLL(frame)).data
+            if isinstance(ip, (dpkt.ip.IP, dpkt.ip6.IP6)) and isinstance(ip.data, dpkt.udp.UDP):
+                yield str(ipaddress.ip_address(ip.src)), bytes(ip.data.data)
+
+
+def test_v5_records():
+    d = NetflowDecoder()
+    rows = d.decode((NETFLOW / "python-netflow/packet_v5.bin").read_bytes(), EXPORTER)
+    assert len(rows) == 3 and (rows["version"] == 5).all()
+    assert text(rows, "src")[:2] == ["172.17.0.2", "172.17.0.1"]
+    assert rows["proto"][0] == 1 and (rows["icmp_type"][0], rows["icmp_code"][0]) == (8, 0)  # type in dport
+    assert (rows["packets"][0], rows["bytes"][0]) == (10, 840)
+    assert rows["last_ts"][0] - rows["ts"][0] == 9_002_000_000
+    assert text(rows, "exporter") == [EXPORTER] * 3
+
+
+def test_v9_template_then_data_and_data_before_template():
+    d = NetflowDecoder()
+    first = d.decode((NETFLOW / "python-netflow/packet_v9_template.bin").read_bytes(), EXPORTER)
+    more = d.decode((NETFLOW / "python-netflow/packets_v9_1.bin").read_bytes(), EXPORTER)
+    assert (len(first), len(more)) == (8, 12) and not errors(d)
+    assert (first["sport"][0], first["dport"][0], first["proto"][0], first["packets"][0], first["bytes"][0]) == \
+        (80, 37932, 6, 75, 102416)
+    mixed = NetflowDecoder()
+    replayed = mixed.decode((NETFLOW / "python-netflow/packet_v9_template_mixed.bin").read_bytes(), EXPORTER)
+    stats = mixed.stats()[EXPORTER]
+    assert len(replayed) == 8 and stats["waiting_sets"] == 1 and stats["replayed_sets"] == 1
+    assert np.array_equal(replayed[["ts", "sport", "dport", "bytes"]], first[["ts", "sport", "dport", "bytes"]])
+
+
+def test_ipfix_times_from_system_init_option():
+    d = NetflowDecoder()
+    d.decode((NETFLOW / "python-netflow/packet_ipfix_template.bin").read_bytes(), EXPORTER)
+    rows = d.decode((NETFLOW / "python-netflow/packet_ipfix.bin").read_bytes(), EXPORTER)
+    assert len(rows) == 3 and text(rows, "src")[0] == "fe80::42:acff:fe11:2"
+    assert str(np.datetime64(int(rows["ts"][0]), "ns"))[:10] == "2020-05-21"  # not the 1994 export time
+    assert (rows["last_ts"] >= rows["ts"]).all()
+
+
+def _devices():
+    """logstash-codec-netflow samples grouped by device, template files first."""
+    groups = collections.defaultdict(list)
+    for path in sorted(LOGSTASH.glob("*.dat")):
+        groups[re.sub(r"_(tpl|data|opttpl|tpldata|tpls)\S*$|\.dat$", "", path.name)].append(path)
+    return {dev: sorted(paths, key=lambda p: ("tpl" not in p.name, p.name)) for dev, paths in groups.items()}
+
+
+# Deliberately invalid or cut samples (see the MANIFEST) and the outcome they must be counted as.
+EXPECTED_ERRORS = {
+    "netflow5_test_invalid01": {"error:truncated records": 1},
+    "netflow5_test_invalid02": {"error:truncated records": 1},
+    "netflow9_test_cisco_aci": {"error:bad set length": 1},
+    "netflow9_test_paloalto_81": {"error:bad set length": 1},
+}
+
+
+@pytest.mark.parametrize("device", sorted(_devices()))
+def test_logstash_samples_decode_into_plausible_records(device):
+    d = NetflowDecoder()
+    rows = [d.decode(p.read_bytes(), EXPORTER) for p in _devices()[device]]
+    rows = np.concatenate(rows)
+    assert errors(d) == EXPECTED_ERRORS.get(device, {})
+    for side in ("src", "dst"):
+        for address in set(text(rows, side)):
+            ipaddress.ip_address(address)
+    assert (rows["last_ts"] >= rows["ts"]).all()
+    assert (rows["version"] == rows["version"][0]).all() if len(rows) else True
+
+
+PMACCT = ["100-ipfix-cisco-asr9k", "101-nfv9-cisco-asr9k", "102-nfv9-cisco-asr9k-2sources",
+          "104-ipfix-ipv6-cisco-sampling-option", "112-ipfix-cisco-options-vrf-reassignment"]
+
+
+@pytest.mark.parametrize("name", PMACCT)
+def test_agrees_with_pmacct(name):
+    """Per flow key, packets and bytes equal nfacctd's output (scaled by the sampling rate, as
+    nfacctd renormalises); the record counts are equal."""
+    d = NetflowDecoder()
+    rows = [d.decode(payload, exporter) for exporter, payload in udp_payloads(NETFLOW / f"pmacct/{name}.pcap")]
+    rows = np.concatenate(rows)
+    src, dst = text(rows, "src"), text(rows, "dst")
+    ours = collections.Counter(
+        (src[i], dst[i], int(rows["sport"][i]), int(rows["dport"][i]), int(rows["packets"][i] * rows["sampling"][i]),
+         int(rows["bytes"][i] * rows["sampling"][i])) for i in range(len(rows)))
+    expected = collections.Counter()
+    for line in (NETFLOW / f"pmacct/{name}.expected-nfacctd-flows.json").read_text().splitlines():
+        j = json.loads(line)
+        expected[(j["ip_src"], j["ip_dst"], j["port_src"], j["port_dst"], j["packets"], j["bytes"])] += 1
+    assert ours == expected
+
+
+def test_akvorado_samples(tmp_path):
+    d = NetflowDecoder()
+    rows = []
+    for template, data in (("template", "data"), ("icmp-template", "icmp-data"), ("ipfixprobe-templates", "ipfixprobe-data"),
+                           ("options-template", "options-data"), ("nfv5", None)):
+        for part in (template, data):
+            if part:
+                rows += [d.decode(p, e) for e, p in udp_payloads(NETFLOW / f"akvorado/{part}.pcap")]
+    rows = np.concatenate(rows)
+    icmp = rows[(rows["proto"] == 1) | (rows["proto"] == 58)]
+    assert {(int(r["icmp_type"]), int(r["icmp_code"])) for r in icmp} >= {(8, 0), (128, 0)}
+    assert not errors(d)
+
+
+def _datagrams():
+    blobs = [p.read_bytes() for p in sorted(LOGSTASH.glob("*.dat"))]
+    blobs += [p.read_bytes() for p in sorted((NETFLOW / "python-netflow").glob("*.bin"))]
+    return blobs
+
+
+SEEDS = _datagrams()
+
+
+@settings(max_examples=800, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(SEEDS), st.lists(st.tuples(st.integers(0, 1500), st.integers(0, 255)), max_size=10),
+       st.integers(0, 1500), st.binary(max_size=64))
+def test_fuzzed_datagrams_never_raise(seed, flips, cut, tail):
+    data = bytearray(seed)
+    for pos, value in flips:
+        if pos < len(data):
+            data[pos] = value
+    d = NetflowDecoder()
+    for blob in (bytes(data[:cut]) + tail, bytes(data)):
+        rows = d.decode(blob, EXPORTER)
+        assert rows.dtype.names is not None
+
+
+def test_waiting_data_is_bounded():
+    d = NetflowDecoder()
+    for k in range(MAX_WAITING_SETS * 3):
+        body = struct.pack(">HH", 300 + k % 50, 12) + bytes(8)
+        d.decode(struct.pack(">HHIII", 10, 16 + len(body), 1_700_000_000, k, 7) + body, EXPORTER)
+    stats = d.stats()[EXPORTER]
+    assert sum(map(len, d.waiting.values())) <= MAX_WAITING_SETS
+    assert stats["dropped_sets_no_template"] == MAX_WAITING_SETS * 2
