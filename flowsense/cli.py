@@ -13,6 +13,8 @@ from pathlib import Path
 from flowsense import __version__
 from flowsense.errors import FlowsenseError
 
+EXPORTERS_SHOWN = 10
+
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="flowsense", description="Find covert or abnormal egress in packet captures.")
@@ -26,6 +28,8 @@ def _parser() -> argparse.ArgumentParser:
                    help="firewall deny log to join, plain or gzip (repeatable)")
     a.add_argument("--deny-format", metavar="VENDOR", default="auto",
                    help="vendor of the deny logs: auto (per line, default) or one of: " + ", ".join(_vendor_names()))
+    a.add_argument("--netflow", action="store_true",
+                   help="the captures hold NetFlow v5/v9/IPFIX export traffic: decode the exported flow records")
     a.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
     a.add_argument("--out", metavar="DIR", type=Path,
                    help="output folder (default: a new folder named after the first capture)")
@@ -80,13 +84,36 @@ def _analyze(args) -> int:
 
     config = cfg.load(args.config)
     out_dir = args.out or default_out_dir(Path(args.pcaps[0]))
-    stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json,
-                    deny_format=args.deny_format)
+    if args.netflow:
+        from flowsense.pipeline import analyze_netflow
+        stats = analyze_netflow(args.pcaps, config, out_dir, args.deny_log, args.deny_format)
+    else:
+        stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json,
+                        deny_format=args.deny_format)
     if args.json:
         print(json.dumps(stats, indent=2))
     elif not args.quiet:
-        print(_summary(stats, out_dir))
+        print(_netflow_summary(stats, out_dir) if args.netflow else _summary(stats, out_dir))
     return 0
+
+
+def _netflow_summary(stats: dict, out_dir: Path) -> str:
+    lines = [f"flowsense {stats['flowsense_version']}: {len(stats['inputs'])} capture(s) of flow exports in "
+             f"{stats['wall_s']:.2f} s",
+             f"  export   {stats['export_datagrams']:,} datagrams from {len(stats['exporters'])} exporter(s), "
+             f"{stats['other_udp_datagrams']:,} other UDP datagrams skipped",
+             f"  flows    {stats['flows']:,} records"]
+    shown = list(stats["exporters"].items())[:EXPORTERS_SHOWN]
+    for exporter, c in shown:
+        problems = ", ".join(f"{k} {v:,}" for k, v in c.items()
+                             if k.startswith("error") or k.startswith("lost") or k.startswith("dropped")) or "none"
+        lines.append(f"  {exporter}: {c.get('records', 0):,} records, {c['templates_known']} templates, "
+                     f"waiting {c['waiting_now']}, problems: {problems}")
+    if len(stats["exporters"]) > len(shown):
+        lines.append(f"  ... and {len(stats['exporters']) - len(shown)} more exporters (stats.json)")
+    lines += [f"  warning  {w}" for w in stats["warnings"]]
+    lines.append(f"  output   {out_dir}/ ({', '.join(Path(p).name for p in stats['outputs'].values())})")
+    return "\n".join(lines)
 
 
 def _config(args) -> int:

@@ -142,10 +142,22 @@ def read_deny_logs(paths: list[str], captures: list[CaptureFile], config: Config
     return reader
 
 
+def write_denies(denies, out_dir: Path) -> list[str]:
+    """deny.parquet; returns the warnings worth a line in the summary."""
+    import pyarrow.parquet as pq
+
+    from flowsense.sinks.tables import deny_table
+
+    pq.write_table(deny_table(denies.rows(), denies.text_columns(), denies.sources), out_dir / "deny.parquet",
+                   compression="zstd")
+    failed = sum(v["failed"] for v in denies.stats()["vendors"].values())
+    return [f"deny logs: {failed:,} line(s) could not be used; reasons and samples in stats.json"] if failed else []
+
+
 def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (), quiet: bool = False,
             deny_format: str | None = None) -> dict:
     from flowsense.sinks.parquet import ParquetSink
-    from flowsense.sinks.tables import deny_table, dns_table, flow_table
+    from flowsense.sinks.tables import dns_table, flow_table
 
     started = time.perf_counter()
     captures = [CaptureFile(p, i, config.pcap.batch_frames) for i, p in enumerate(paths)]
@@ -182,12 +194,7 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
         bar.close()
     (out_dir / "alerts.jsonl").write_text("")
     if denies is not None:
-        import pyarrow.parquet as pq
-        pq.write_table(deny_table(denies.rows(), denies.text_columns(), denies.sources), out_dir / "deny.parquet",
-                       compression="zstd")
-        failed = sum(v["failed"] for v in denies.stats()["vendors"].values())
-        if failed:
-            warnings.append(f"deny logs: {failed:,} line(s) could not be used; reasons and samples in stats.json")
+        warnings += write_denies(denies, out_dir)
     wall = time.perf_counter() - started
     for cf in captures:
         if cf.counters.any() and (cf.stats()["truncated_record"] or cf.stats()["damaged_record"]):
@@ -243,3 +250,63 @@ def measure_steady_rate(path: str, config: Config = Config(), repeat: int = 3) -
         seconds = time.perf_counter() - t0
         best = seconds if best is None or seconds < best else best
     return {"packets": packets, "seconds": best}
+
+
+def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (),
+                    deny_format: str | None = None) -> dict:
+    """Captures of NetFlow/IPFIX export traffic: every UDP payload that looks like an export
+    message is decoded (templates carried across datagrams and files) into flows.parquet."""
+    from flowsense.decode.netflow import NetflowDecoder, looks_like_export
+    from flowsense.schema import NFLOW
+    from flowsense.sinks.parquet import ParquetSink
+    from flowsense.sinks.tables import addr_text, nflow_table
+
+    started = time.perf_counter()
+    captures = [CaptureFile(p, i, config.pcap.batch_frames) for i, p in enumerate(paths)]
+    denies = read_deny_logs(list(deny_logs), captures, config, deny_format) if deny_logs else None
+    _prepare_out(out_dir)
+    decoder, netflow = Decoder(config.pcap.batch_frames), NetflowDecoder()
+    sink = ParquetSink(out_dir / "flows.parquet", nflow_table(NFLOW.empty(0)), ("orig_h", "resp_h", "proto", "exporter"))
+    packets = other_udp = 0
+    for cf in captures:
+        for frames in cf.batches():
+            pk = decoder.decode(cf.buf, frames).packets
+            packets += len(pk)
+            udp = np.flatnonzero((pk["proto"] == 17) & (pk["pay_off"] > 0) & (pk["frag"] == 0))
+            exporters = addr_text(pk["src_hi"][udp], pk["src_lo"][udp]).to_pylist()
+            rows = []
+            for i, exporter in zip(udp.tolist(), exporters):
+                start = int(frames["off"][i]) + int(pk["pay_off"][i])
+                size = min(int(pk["l4_len"][i]), int(frames["cap_len"][i]) - int(pk["pay_off"][i]))
+                payload = cf.buf[start:start + size].tobytes()
+                if looks_like_export(payload):
+                    rows.append(netflow.decode(payload, exporter))
+                else:
+                    other_udp += 1
+            if rows:
+                sink.write(nflow_table(np.concatenate(rows)))
+    sink.close()
+    (out_dir / "alerts.jsonl").write_text("")
+    warnings = write_denies(denies, out_dir) if denies is not None else []
+    exporters = netflow.stats()
+    wall = time.perf_counter() - started
+    stats = {
+        "flowsense_version": __version__,
+        "mode": "netflow",
+        "inputs": [cf.stats() for cf in captures],
+        "packets": packets,
+        "export_datagrams": sum(e.get("datagrams", 0) for e in exporters.values()),
+        "other_udp_datagrams": other_udp,
+        "flows": sink.rows,
+        "alerts": 0,
+        "exporters": exporters,
+        "wall_s": round(wall, 3),
+        "weird": decoder.stats(),
+        "denylog": denies.stats() if denies is not None else None,
+        "config": to_toml(config),
+        "warnings": warnings,
+        "outputs": {name: str(out_dir / name) for name in ("flows.parquet", "alerts.jsonl", "stats.json")
+                    + (("deny.parquet",) if denies else ())},
+    }
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    return stats

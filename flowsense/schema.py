@@ -81,6 +81,7 @@ PACKET = Schema("packet", [
     Field("tcp_win", "u2", "TCP window"),
     Field("head", "u8", "first 8 bytes of the transport payload, big-endian, zero-padded"),
     Field("head_len", "u1", "how many payload bytes were captured into head (0-8)"),
+    Field("pay_off", "u2", "offset of the transport payload from the start of the frame (0: none)"),
     Field("pl_off", "u4", "offset in the batch blob of the kept payload slice (ICMP)"),
     Field("pl_len", "u2", "length of the kept payload slice"),
     Field("weird", "u4", "weird bits (flowsense.weird.WEIRDS)"),

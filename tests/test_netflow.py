@@ -174,3 +174,16 @@ def test_waiting_data_is_bounded():
     stats = d.stats()[EXPORTER]
     assert sum(map(len, d.waiting.values())) <= MAX_WAITING_SETS
     assert stats["dropped_sets_no_template"] == MAX_WAITING_SETS * 2
+
+
+def test_analyze_netflow_capture(tmp_path):
+    from conftest import run_cli
+    capture = NETFLOW / "pmacct/101-nfv9-cisco-asr9k.pcap"
+    result = run_cli("analyze", "--netflow", capture, "--out", tmp_path / "o")
+    assert result.returncode == 0, result.stderr
+    assert "export   40 datagrams from 1 exporter(s)" in result.stdout and "flows    51 records" in result.stdout
+    flows = __import__("pyarrow.parquet", fromlist=["read_table"]).read_table(tmp_path / "o" / "flows.parquet")
+    assert flows.num_rows == 51 and set(flows.column("source").to_pylist()) == {"netflow"}
+    assert set(flows.column("exporter").to_pylist()) == {"138.187.57.55"}
+    stats = json.loads((tmp_path / "o" / "stats.json").read_text())
+    assert stats["exporters"]["138.187.57.55"]["records"] == 51

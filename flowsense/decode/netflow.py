@@ -40,6 +40,22 @@ def _exporter_halves(address: str) -> tuple[int, int]:
     return v >> 64, v & 0xFFFFFFFFFFFFFFFF
 
 
+def looks_like_export(data: bytes) -> bool:
+    """A UDP payload whose header is consistent with a NetFlow v5/v9 or IPFIX message, for picking
+    export datagrams out of a capture without knowing the collector's port."""
+    if len(data) < 16:
+        return False
+    version, second = struct.unpack_from(">HH", data)
+    if version == 5:
+        return 1 <= second <= 30 and len(data) >= 24 + 48 * second
+    if version == 9:
+        if len(data) < 24:
+            return False
+        first_set = struct.unpack_from(">H", data, 20)[0]
+        return 1 <= second <= 1024 and (first_set in (0, 1) or first_set >= 256)
+    return version == 10 and second == len(data)
+
+
 class Template:
     """A data template: (IE id, enterprise, length) per field and the dtype when all are fixed."""
 

@@ -261,6 +261,7 @@ def decode_batch(buf, frames, pk, dns, blob, weird_counts):
                     pay, stop, used = _decode_ip(buf, p, end, version, r, blob, bp)
                     bp += used
                     if pay >= 0:
+                        r.pay_off = pay - start
                         r.head, r.head_len = head(buf, pay, stop)
                         if (r.proto == 17 or (r.proto == 6 and stop - pay >= 2)) and \
                                 (is_dns_port(r.sport) or is_dns_port(r.dport)):

@@ -207,3 +207,39 @@ def deny_table(rows: np.ndarray, text: dict[str, list[str]], sources: list[str])
         "line_no": column(rows["line_no"]),
     }
     return pa.Table.from_arrays(list(cols.values()), names=list(cols))
+
+
+def nflow_table(r: np.ndarray) -> pa.Table:
+    """NetFlow/IPFIX records with the flow columns of ``flow_table`` (orig = source of the
+    unidirectional record, nothing on the responder side) and their export context."""
+    icmp = (r["proto"] == 1) | (r["proto"] == 58)
+    sport = np.where(icmp, r["icmp_type"], r["sport"]).astype(np.uint16)
+    dport = np.where(icmp, r["icmp_code"], r["dport"]).astype(np.uint16)
+    v4 = (r["src_hi"] == 0) & (r["src_lo"] >> np.uint64(32) == 0xFFFF)
+    ip_ver = np.where(v4, 4, 6).astype(np.uint8)
+    community = community_ids(r["proto"], ip_ver, r["src_hi"], r["src_lo"], r["dst_hi"], r["dst_lo"], sport, dport)
+    zeros = np.zeros(len(r), np.uint64)
+    cols = {
+        "ts": column(r["ts"], UTC_NS),
+        "last_ts": column(r["last_ts"], UTC_NS),
+        "duration": column((r["last_ts"] - r["ts"]) / 1e9),
+        "orig_h": addr_text(r["src_hi"], r["src_lo"]),
+        "orig_p": column(sport),
+        "resp_h": addr_text(r["dst_hi"], r["dst_lo"]),
+        "resp_p": column(dport),
+        "proto": labels(PROTO_VOCAB, r["proto"]),
+        "ip_ver": column(ip_ver),
+        "orig_pkts": column(r["packets"]),
+        "orig_bytes": column(r["bytes"]),
+        "resp_pkts": column(zeros),
+        "resp_bytes": column(zeros),
+        "orig_tcp_flags": column(r["tcp_flags"]),
+        "conn_state": labels(["OTH"], np.zeros(len(r), np.int32)),
+        "end_reason": labels(["exported"], np.zeros(len(r), np.int32)),
+        "community_id": pa.StringArray.from_buffers(
+            len(r), pa.py_buffer(np.arange(len(r) + 1, dtype=np.int32) * ID_LEN), pa.py_buffer(community)),
+        "source": labels(["netflow"], np.zeros(len(r), np.int32)),
+        "exporter": addr_text(r["exporter_hi"], r["exporter_lo"]),
+        **{name: column(r[name]) for name in ("version", "domain", "sampling", "in_if", "out_if", "fw_event")},
+    }
+    return pa.Table.from_arrays(list(cols.values()), names=list(cols))
