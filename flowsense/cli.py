@@ -36,6 +36,14 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a.add_argument("--json", action="store_true", help="print stats.json to stdout instead of the summary")
 
+    n = sub.add_parser("collect", help="collect NetFlow v5/v9/IPFIX over UDP until SIGINT/SIGTERM",
+                       description="Listen for NetFlow v5, v9 and IPFIX exports (all on the same port).")
+    n.add_argument("--listen", action="append", required=True, metavar="HOST:PORT",
+                   help="address to listen on, e.g. 0.0.0.0:2055 or [::]:4739 (repeatable)")
+    n.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
+    n.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-collect"),
+                   help="output folder (default: ./flowsense-collect; files are added, never overwritten)")
+
     c = sub.add_parser("config", help="show configuration")
     c.add_argument("action", choices=["show"])
     c.add_argument("--defaults", action="store_true", help="show the built-in defaults")
@@ -116,6 +124,18 @@ def _netflow_summary(stats: dict, out_dir: Path) -> str:
     return "\n".join(lines)
 
 
+def _collect(args) -> int:
+    from flowsense import config as cfg
+    from flowsense.collect import collect
+
+    config = cfg.load(args.config)
+    stats = collect(args.listen, config, args.out, config.collect.rotate_s)
+    drops = sum((v["queue_drops"] or 0) + (v["kernel_drops"] or 0) for v in stats["listeners"].values())
+    print(f"flowsense collect: {stats['flows']:,} flow records from {len(stats['exporters'])} exporter(s), "
+          f"{drops:,} datagrams dropped; {args.out}/stats.json")
+    return 0
+
+
 def _config(args) -> int:
     from flowsense import config as cfg
 
@@ -126,7 +146,7 @@ def _config(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"analyze": _analyze, "config": _config}[args.command](args)
+        return {"analyze": _analyze, "collect": _collect, "config": _config}[args.command](args)
     except FlowsenseError as err:
         print(f"flowsense: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -47,10 +47,16 @@ class DenylogConfig:
 
 
 @dataclass(frozen=True)
+class CollectConfig:
+    rotate_s: float = knob(3600.0, "flowsense collect starts a new flows-<time>.parquet this often", 1.0)
+
+
+@dataclass(frozen=True)
 class Config:
     flows: FlowsConfig = field(default_factory=FlowsConfig)
     pcap: PcapConfig = field(default_factory=PcapConfig)
     denylog: DenylogConfig = field(default_factory=DenylogConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
 
 
 def _section(cls, name: str, raw: dict):
