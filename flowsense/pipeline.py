@@ -252,11 +252,26 @@ def measure_steady_rate(path: str, config: Config = Config(), repeat: int = 3) -
     return {"packets": packets, "seconds": best}
 
 
+def nsel_denies(rows: np.ndarray, source: int) -> tuple[np.ndarray, dict[str, list[str]]]:
+    """Cisco NSEL 'flow denied' events as DENY rows (vendor cisco_nsel, device = the exporter)."""
+    from flowsense.decode.netflow import FW_DENIED
+    from flowsense.schema import DENY
+    from flowsense.sinks.tables import addr_text
+
+    denied = rows[rows["fw_event"] == FW_DENIED]
+    out = DENY.empty(len(denied))
+    for name in ("ts", "src_hi", "src_lo", "dst_hi", "dst_lo", "sport", "dport", "proto"):
+        out[name] = denied[name]
+    out["source"] = source
+    exporters = addr_text(denied["exporter_hi"], denied["exporter_lo"]).to_pylist()
+    return out, {"vendor": ["cisco_nsel"] * len(denied), "device": exporters, "rule": [""] * len(denied)}
+
+
 def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (),
                     deny_format: str | None = None) -> dict:
     """Captures of NetFlow/IPFIX export traffic: every UDP payload that looks like an export
     message is decoded (templates carried across datagrams and files) into flows.parquet."""
-    from flowsense.decode.netflow import NetflowDecoder, looks_like_export
+    from flowsense.decode.netflow import FW_DENIED, NetflowDecoder, looks_like_export
     from flowsense.schema import NFLOW
     from flowsense.sinks.parquet import ParquetSink
     from flowsense.sinks.tables import addr_text, nflow_table
@@ -268,6 +283,7 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
     decoder, netflow = Decoder(config.pcap.batch_frames), NetflowDecoder()
     sink = ParquetSink(out_dir / "flows.parquet", nflow_table(NFLOW.empty(0)), ("orig_h", "resp_h", "proto", "exporter"))
     packets = other_udp = 0
+    denied = []
     for cf in captures:
         for frames in cf.batches():
             pk = decoder.decode(cf.buf, frames).packets
@@ -284,9 +300,17 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
                 else:
                     other_udp += 1
             if rows:
-                sink.write(nflow_table(np.concatenate(rows)))
+                rows = np.concatenate(rows)
+                sink.write(nflow_table(rows))
+                denied.append(rows[rows["fw_event"] == FW_DENIED])
     sink.close()
     (out_dir / "alerts.jsonl").write_text("")
+    nsel = np.concatenate(denied) if denied else None
+    if nsel is not None and len(nsel):
+        from flowsense.denylog.framing import TimeContext
+        from flowsense.denylog.reader import DenyLogReader
+        denies = denies or DenyLogReader(TimeContext(time.gmtime().tm_year, config.denylog.timezone))
+        denies.add_rows(*nsel_denies(nsel, denies.add_source("netflow NSEL events")))
     warnings = write_denies(denies, out_dir) if denies is not None else []
     exporters = netflow.stats()
     wall = time.perf_counter() - started
@@ -305,6 +329,7 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
         "denylog": denies.stats() if denies is not None else None,
         "config": to_toml(config),
         "warnings": warnings,
+        "nsel_denied_events": int(len(nsel)) if nsel is not None else 0,
         "outputs": {name: str(out_dir / name) for name in ("flows.parquet", "alerts.jsonl", "stats.json")
                     + (("deny.parquet",) if denies else ())},
     }

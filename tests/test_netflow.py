@@ -187,3 +187,30 @@ def test_analyze_netflow_capture(tmp_path):
     assert set(flows.column("exporter").to_pylist()) == {"138.187.57.55"}
     stats = json.loads((tmp_path / "o" / "stats.json").read_text())
     assert stats["exporters"]["138.187.57.55"]["records"] == 51
+
+
+def test_nsel_denied_events_become_deny_rows(tmp_path):
+    """A Cisco ASA NSEL v9 export with one 'flow denied' event (firewall event 3) feeds deny.parquet."""
+    from scapy.layers.inet import IP, UDP
+    from scapy.layers.l2 import Ether
+
+    from conftest import run_cli
+    from craft import pcap_bytes
+    export_ms = 1_772_443_200_000
+    fields = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (233, 1), (323, 8)]
+    template = struct.pack(">HH", 256, len(fields)) + b"".join(struct.pack(">HH", *f) for f in fields)
+    record = (bytes([198, 18, 10, 53]) + bytes([198, 19, 88, 8]) + struct.pack(">HHBBQ", 40000, 443, 6, 3, export_ms))
+    data = record + b"\0\0"
+    datagram = (struct.pack(">HHIIII", 9, 2, 5000, export_ms // 1000, 1, 0)
+                + struct.pack(">HH", 0, 4 + len(template)) + template + struct.pack(">HH", 256, 4 + len(data)) + data)
+    frame = Ether() / IP(src="198.18.0.1", dst="198.18.0.2") / UDP(sport=50000, dport=2055) / datagram
+    (tmp_path / "nsel.pcap").write_bytes(pcap_bytes([(export_ms * 1_000_000, bytes(frame))]))
+    result = run_cli("analyze", "--netflow", tmp_path / "nsel.pcap", "--out", tmp_path / "o", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["nsel_denied_events"] == 1
+    rows = __import__("pyarrow.parquet", fromlist=["read_table"]).read_table(tmp_path / "o" / "deny.parquet").to_pylist()
+    assert len(rows) == 1
+    row = rows[0]
+    assert (row["src_h"], row["dst_h"], row["dst_p"], row["proto"], row["vendor"], row["device"]) == \
+        ("198.18.10.53", "198.19.88.8", 443, "tcp", "cisco_nsel", "198.18.0.1")
+    assert row["ts"].value == export_ms * 1_000_000

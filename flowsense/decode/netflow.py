@@ -26,10 +26,12 @@ VARIABLE = 65535                # IPFIX variable-length field marker
 _NTP_EPOCH = 2208988800         # seconds from 1900 to 1970
 
 # IE id -> NFLOW field for the plain copies (numbers of any width)
-DIRECT = {1: "bytes", 2: "packets", 4: "proto", 6: "tcp_flags", 7: "sport", 11: "dport", 10: "in_if",
-          14: "out_if", 176: "icmp_type", 177: "icmp_code", 178: "icmp_type", 179: "icmp_code", 233: "fw_event"}
-# fallbacks used only when the direct IE is absent (totals, NSEL initiator counters)
-FALLBACK = {"bytes": (85, 231), "packets": (86, 298)}
+DIRECT = {4: "proto", 6: "tcp_flags", 7: "sport", 11: "dport", 10: "in_if", 14: "out_if", 176: "icmp_type",
+          177: "icmp_code", 178: "icmp_type", 179: "icmp_code"}
+# field -> IEs in order of preference: deltas, then totals and Cisco NSEL initiator counters; NSEL
+# firewall event is 233, or 40005 on older ASA releases
+PREFERRED = {"bytes": (1, 85, 231), "packets": (2, 86, 298), "fw_event": (233, 40005)}
+FW_DENIED = 3
 SAMPLING_IES = (34, 50)          # samplingInterval, samplerRandomInterval (1-in-N)
 SAMPLER_ID_IES = (48, 302)
 
@@ -345,13 +347,10 @@ class NetflowDecoder:
             col = t.column(records, ie)
             if col is not None:
                 out[name] = col
-        for name, alternatives in FALLBACK.items():
-            if t.column(records, {"bytes": 1, "packets": 2}[name]) is None:
-                for ie in alternatives:
-                    col = t.column(records, ie)
-                    if col is not None:
-                        out[name] = col
-                        break
+        for name, ies in PREFERRED.items():
+            col = next((v for ie in ies if (v := t.column(records, ie)) is not None), None)
+            if col is not None:
+                out[name] = col
         _addresses(out, records, t)
         for ie in (32, 139):  # icmpTypeCode: type * 256 + code
             col = t.column(records, ie)
@@ -443,6 +442,8 @@ def _times(records: np.ndarray, t: Template, clock, sys_init_ms: int | None) -> 
             value = export_ns - (np.int64(uptime) - v.astype(np.int64)) * 1_000_000
         elif v is not None and sys_init_ms is not None:  # IPFIX with systemInitTimeMilliseconds
             value = (np.int64(sys_init_ms) + v.astype(np.int64)) * 1_000_000
+        elif (v := t.column(records, 323)) is not None:  # observationTimeMilliseconds (NSEL events)
+            value = v.astype(np.int64) * 1_000_000
         else:
             value = np.full(n, export_ns)
         result.append(value)

@@ -179,6 +179,13 @@ class DenyLogReader:
             self._absorb(part, source, base)
             base += part["lines"]
 
+    def add_rows(self, rows: np.ndarray, text: dict[str, list[str]]):
+        """DENY rows from another source (NetFlow NSEL 'flow denied' events), counted as parsed."""
+        for i, r in enumerate(rows.tolist()):
+            self.kept.append((r[0], r[1] << 64 | r[2], r[3] << 64 | r[4], r[5], r[6], r[7], r[8], r[9], r[10],
+                              text["vendor"][i], text["device"][i], text["rule"][i]))
+            self.parsed[text["vendor"][i]] += 1
+
     def _state(self) -> dict:
         """What a worker process hands back (plain containers that pickle)."""
         return {"kept": self.kept, "parsed": self.parsed, "skipped": dict(self.skipped),
