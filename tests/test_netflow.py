@@ -166,6 +166,17 @@ def test_fuzzed_datagrams_never_raise(seed, flips, cut, tail):
         assert rows.dtype.names is not None
 
 
+def test_templates_are_bounded(monkeypatch):
+    import flowsense.decode.netflow as nf
+    monkeypatch.setattr(nf, "MAX_TEMPLATES", 100)
+    d = NetflowDecoder()
+    for k in range(300):
+        body = struct.pack(">HHHH", 256 + k, 1, 8, 4)
+        d.decode(struct.pack(">HHIII", 10, 16 + 4 + len(body), 1_700_000_000, 0, 7) + struct.pack(">HH", 2, 4 + len(body))
+                 + body, EXPORTER)
+    assert len(d.templates) == 100 and d.stats()[EXPORTER]["templates_evicted"] == 200
+
+
 def test_waiting_data_is_bounded():
     d = NetflowDecoder()
     for k in range(MAX_WAITING_SETS * 3):

@@ -22,6 +22,7 @@ from flowsense.schema import NFLOW
 MAX_WAITING_SETS = 256          # data sets held for templates not yet seen, all exporters together
 MAX_WAITING_AGE_S = 600         # ... and for at most this long (export time)
 MAX_FIELDS = 512                # a template claiming more fields is damage
+MAX_TEMPLATES = 65536           # templates held, all exporters together (oldest evicted first)
 VARIABLE = 65535                # IPFIX variable-length field marker
 _NTP_EPOCH = 2208988800         # seconds from 1900 to 1970
 
@@ -247,6 +248,10 @@ class NetflowDecoder:
             template = Template(fields, scope)
             if key not in self.templates:
                 c["templates"] += 1
+                if len(self.templates) >= MAX_TEMPLATES:  # bounded whatever exporters send
+                    oldest = next(iter(self.templates))
+                    del self.templates[oldest]
+                    self.counters[oldest[0]]["templates_evicted"] += 1
             self.templates[key] = template
             for body_waiting, clock_waiting in self.waiting.pop(key, []):
                 rows = self._data(body_waiting, key, c, clock_waiting)
