@@ -3,7 +3,8 @@
 One reader thread per listening socket (4 MiB receive buffer) hands datagrams to the main thread
 through a bounded queue (a full queue drops and counts); the main thread decodes in batches,
 writes rotating Parquet files (``flows-<UTC start>.parquet``, queryable together with DuckDB) and
-rewrites ``stats.json`` every few seconds.  On a stop signal it drains the queue, closes the open
+rewrites ``stats.json`` and ``templates.json`` every few seconds; templates saved by a previous run
+in the same folder are loaded at start, so a restart loses no data waiting for a template refresh.  On a stop signal it drains the queue, closes the open
 file, writes the final stats and exits 0.  Kernel-level drops are read from /proc/net/udp[6].
 """
 
@@ -26,6 +27,7 @@ QUEUE_DATAGRAMS = 100_000
 BATCH_DATAGRAMS = 512
 STATS_EVERY_S = 5.0
 RCVBUF = 4 << 20
+TEMPLATES_FILE = "templates.json"  # saved with the stats, read at start: a restart decodes at once
 
 
 def parse_listen(text: str) -> tuple[str, int]:
@@ -73,16 +75,24 @@ class Listener:
     def _run(self):
         while not self.stop.is_set():
             try:
-                data, peer = self.sock.recvfrom(65535)
+                self._take(*self.sock.recvfrom(65535))
             except TimeoutError:
                 continue
             except OSError:
-                break
-            self.received += 1
-            try:
-                self.inbox.put_nowait((data, peer[0]))
-            except queue.Full:
-                self.queue_drops += 1
+                return
+        self.sock.setblocking(False)  # stopping: what the kernel already holds is still delivered
+        try:
+            while True:
+                self._take(*self.sock.recvfrom(65535))
+        except OSError:
+            pass
+
+    def _take(self, data: bytes, peer):
+        self.received += 1
+        try:
+            self.inbox.put_nowait((data, peer[0]))
+        except queue.Full:
+            self.queue_drops += 1
 
     def stats(self) -> dict:
         return {"datagrams": self.received, "queue_drops": self.queue_drops,
@@ -141,34 +151,50 @@ def collect(listen: list[str], config: Config, out_dir: Path, rotate_s: float = 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     decoder, flows = NetflowDecoder(), RotatingFlows(out_dir, rotate_s)
+    saved = out_dir / TEMPLATES_FILE
+    restored = 0
+    if saved.exists():
+        try:
+            restored = decoder.load_templates(json.loads(saved.read_text()))
+        except (ValueError, KeyError, TypeError):
+            restored = -1  # unreadable: templates are re-learned from the exporters' refreshes
     started, last_stats = time.time(), 0.0
 
     def stats() -> dict:
         result = {"flowsense_version": __version__, "mode": "collect", "started": started,
                   "uptime_s": round(time.time() - started, 1),
                   "listeners": {lst.name: lst.stats() for lst in listeners},
-                  "flows": flows.rows, "files": flows.files, "exporters": decoder.stats(), "config": to_toml(config)}
+                  "flows": flows.rows, "files": flows.files, "templates_restored": restored,
+                  "exporters": decoder.stats(), "config": to_toml(config)}
         (out_dir / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
+        (out_dir / TEMPLATES_FILE).write_text(json.dumps(decoder.save_templates()))
         return result
 
+    def decode_batch(timeout_s: float) -> bool:
+        """Decode up to BATCH_DATAGRAMS queued datagrams; False when none came."""
+        batch = []
+        try:
+            batch.append(inbox.get(timeout=timeout_s))
+            while len(batch) < BATCH_DATAGRAMS:
+                batch.append(inbox.get_nowait())
+        except queue.Empty:
+            pass
+        rows = [r for data, exporter in batch if len(r := decoder.decode(data, exporter))]
+        if rows:
+            flows.write(np.concatenate(rows))
+        return bool(batch)
+
     try:
-        while not stop.is_set() or not inbox.empty():
-            batch = []
-            try:
-                batch.append(inbox.get(timeout=0.2))
-                while len(batch) < BATCH_DATAGRAMS:
-                    batch.append(inbox.get_nowait())
-            except queue.Empty:
-                pass
-            rows = [r for data, exporter in batch if len(r := decoder.decode(data, exporter))]
-            if rows:
-                flows.write(np.concatenate(rows))
+        while not stop.is_set():
+            decode_batch(0.2)
             if time.time() - last_stats >= STATS_EVERY_S:
                 stats()
                 last_stats = time.time()
-            if stop.is_set():
-                for lst in listeners:
-                    lst.stop.set()
+        for lst in listeners:  # each reader drains its socket into the queue before it ends
+            lst.stop.set()
+            lst.thread.join(timeout=2)
+        while decode_batch(0):
+            pass
         flows.close()
         (out_dir / "alerts.jsonl").touch()
         return stats()  # while the sockets are still open, so their kernel drop counts can be read

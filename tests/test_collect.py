@@ -11,6 +11,7 @@ import json
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -109,3 +110,41 @@ def test_bad_listen_address_is_a_usage_error():
     result = subprocess.run([sys.executable, "-m", "flowsense", "collect", "--listen", "nonsense"], cwd=ROOT,
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "expected HOST:PORT" in result.stderr
+
+
+def _ipfix(seq: int, with_template: bool) -> bytes:
+    fields = [(8, 4), (12, 4), (7, 2), (11, 2), (4, 1), (2, 8), (1, 8)]
+    sets = b""
+    if with_template:
+        template = struct.pack(">HH", 256, len(fields)) + b"".join(struct.pack(">HH", *f) for f in fields)
+        sets += struct.pack(">HH", 2, 4 + len(template)) + template
+    record = bytes([198, 18, 0, 1, 198, 19, 0, 2]) + struct.pack(">HHBQQ", 40000, 443, 6, 3, 180)
+    sets += struct.pack(">HH", 256, 4 + len(record)) + record
+    return struct.pack(">HHIII", 10, 16 + len(sets), 1_700_000_000, seq, 1) + sets
+
+
+def _run_collector(tmp_path, port, datagrams):
+    collector = subprocess.Popen([sys.executable, "-m", "flowsense", "collect", "--listen", f"127.0.0.1:{port}",
+                                  "--out", str(tmp_path / "fs")], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    stats_file = tmp_path / "fs" / "stats.json"
+    try:
+        assert wait_for(lambda: stats_file.exists()), "flowsense collect did not start"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for datagram in datagrams:
+                s.sendto(datagram, ("127.0.0.1", port))
+    finally:  # stopped right after sending: what was received must still be decoded and written
+        assert stop(collector) == 0, collector.stderr.read()
+    return json.loads(stats_file.read_text())
+
+
+def test_restart_keeps_templates(tmp_path):
+    port = free_udp_port()
+    first = _run_collector(tmp_path, port, [_ipfix(0, True)])
+    assert first["flows"] == 1
+    (tmp_path / "fs" / "stats.json").unlink()
+    second = _run_collector(tmp_path, port, [_ipfix(1, False)])  # data only, as after a restart
+    assert second["templates_restored"] == 1 and second["flows"] == 1
+    files = sorted((tmp_path / "fs").glob("flows-*.parquet"))
+    assert len(files) == 2  # the restart added a file, it did not overwrite
+    assert sum(pq.read_table(f).num_rows for f in files) == 2

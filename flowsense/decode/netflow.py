@@ -373,6 +373,17 @@ class NetflowDecoder:
         out["exporter_hi"], out["exporter_lo"] = _exporter_halves(exporter)
         return out
 
+    def save_templates(self) -> list:
+        """Templates as JSON-ready data, so that a restarted collector decodes at once."""
+        return [{"key": list(key), "fields": [list(f) for f in t.fields], "scope": t.scope_count}
+                for key, t in self.templates.items()]
+
+    def load_templates(self, saved: list) -> int:
+        for item in saved:
+            key = tuple(item["key"])
+            self.templates[key] = Template([tuple(f) for f in item["fields"]], item["scope"])
+        return len(saved)
+
     def stats(self) -> dict:
         return {exporter: {**dict(c), "templates_known": sum(1 for k in self.templates if k[0] == exporter),
                            "waiting_now": sum(len(v) for k, v in self.waiting.items() if k[0] == exporter)}
