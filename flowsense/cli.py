@@ -40,6 +40,11 @@ def _parser() -> argparse.ArgumentParser:
                        description="Listen for NetFlow v5, v9 and IPFIX exports (all on the same port).")
     n.add_argument("--listen", action="append", required=True, metavar="HOST:PORT",
                    help="address to listen on, e.g. 0.0.0.0:2055 or [::]:4739 (repeatable)")
+    n.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
+                   help="also receive firewall deny logs by syslog (UDP and TCP) on this address (repeatable)")
+    n.add_argument("--deny-log", action="append", default=[], metavar="FILE",
+                   help="also follow this firewall log file (new lines, across rotation; repeatable)")
+    n.add_argument("--deny-format", metavar="VENDOR", default="auto", help="vendor of the deny logs (default auto)")
     n.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
     n.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-collect"),
                    help="output folder (default: ./flowsense-collect; files are added, never overwritten)")
@@ -129,9 +134,10 @@ def _collect(args) -> int:
     from flowsense.collect import collect
 
     config = cfg.load(args.config)
-    stats = collect(args.listen, config, args.out, config.collect.rotate_s)
+    stats = collect(args.listen, config, args.out, args.syslog, args.deny_log, args.deny_format)
     drops = sum((v["queue_drops"] or 0) + (v["kernel_drops"] or 0) for v in stats["listeners"].values())
-    print(f"flowsense collect: {stats['flows']:,} flow records from {len(stats['exporters'])} exporter(s), "
+    denied = f", {stats['denylog']['deny_rows']:,} deny rows" if stats["denylog"] else ""
+    print(f"flowsense collect: {stats['flows']:,} flow records from {len(stats['exporters'])} exporter(s){denied}, "
           f"{drops:,} datagrams dropped; {args.out}/stats.json")
     return 0
 

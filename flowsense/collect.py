@@ -104,33 +104,33 @@ class Listener:
         self.sock.close()
 
 
-class RotatingFlows:
-    """flows-<UTC start>.parquet, a new file every ``rotate_s`` seconds of wall time."""
+class RotatingParquet:
+    """<prefix>-<UTC start>.parquet, a new file every ``rotate_s`` seconds of wall time; a restart
+    adds files and never overwrites one."""
 
-    def __init__(self, out_dir: Path, rotate_s: float):
-        self.out_dir, self.rotate_s = out_dir, rotate_s
+    def __init__(self, out_dir: Path, prefix: str, empty, dictionary_columns: tuple[str, ...], rotate_s: float):
+        self.out_dir, self.prefix, self.empty, self.dict_cols, self.rotate_s = \
+            out_dir, prefix, empty, dictionary_columns, rotate_s
         self.sink, self.opened, self.files, self.rows = None, 0.0, [], 0
 
-    def write(self, rows):
-        from flowsense.schema import NFLOW
+    def write(self, table):
         from flowsense.sinks.parquet import ParquetSink
-        from flowsense.sinks.tables import nflow_table
 
         now = time.time()
         if self.sink is not None and now - self.opened >= self.rotate_s:
             self.close()
         if self.sink is None:
-            name = time.strftime("flows-%Y%m%dT%H%M%SZ.parquet", time.gmtime(now))
+            name = time.strftime(f"{self.prefix}-%Y%m%dT%H%M%SZ.parquet", time.gmtime(now))
             path = self.out_dir / name
             n = 1
-            while path.exists():  # a restart within the same second appends a new file, never overwrites
+            while path.exists():
                 n += 1
                 path = self.out_dir / name.replace(".parquet", f"-{n}.parquet")
-            self.sink = ParquetSink(path, nflow_table(NFLOW.empty(0)), ("orig_h", "resp_h", "proto", "exporter"))
+            self.sink = ParquetSink(path, self.empty, self.dict_cols)
             self.opened = now
             self.files.append(str(path))
-        self.sink.write(nflow_table(rows))
-        self.rows += len(rows)
+        self.sink.write(table)
+        self.rows += table.num_rows
 
     def close(self):
         if self.sink is not None:
@@ -138,19 +138,91 @@ class RotatingFlows:
             self.sink = None
 
 
-def collect(listen: list[str], config: Config, out_dir: Path, rotate_s: float = 3600.0,
-            stop: threading.Event | None = None) -> dict:
+class LiveDenies:
+    """Deny-log lines from syslog listeners and tailed files, parsed on the collector's main thread
+    (the inputs' threads only queue lines) and written as deny-<time>.parquet."""
+
+    def __init__(self, config: Config, out_dir: Path, syslog: list[str], files: list[str], deny_format, rotate_s):
+        from flowsense.denylog.framing import TimeContext
+        from flowsense.denylog.reader import DenyLogReader
+        from flowsense.sinks.tables import deny_table
+        from flowsense.sources.syslog import FileTail, SyslogListener
+
+        self.reader = DenyLogReader(TimeContext(time.gmtime().tm_year, config.denylog.timezone), deny_format)
+        self.lines: queue.Queue = queue.Queue(QUEUE_DATAGRAMS)
+        self.line_numbers: dict[int, int] = {}
+        self.dropped = self.written = 0
+        self.nsel_source = self.reader.add_source("netflow NSEL events")
+        self.inputs = []
+        for text in syslog:
+            host, port = parse_listen(text)
+            source = self.reader.add_source(f"syslog {text}")
+            try:
+                self.inputs.append(SyslogListener(host, port, lambda line, _peer, s=source: self._queue(line, s)))
+            except OSError as err:
+                raise InputError(f"--syslog {text}: cannot bind ({err.strerror}); pick a free port") from None
+        for path in files:
+            source = self.reader.add_source(str(path))
+            self.inputs.append(FileTail(path, lambda line, _src, s=source: self._queue(line, s)))
+        self.out = RotatingParquet(out_dir, "deny", deny_table(self.reader.rows(), self.reader.text_columns(),
+                                                               self.reader.sources),
+                                   ("src_h", "dst_h", "proto", "action", "vendor", "device", "file"), rotate_s)
+
+    def _queue(self, line: str, source: int):
+        try:
+            self.lines.put_nowait((line, source))
+        except queue.Full:
+            self.dropped += 1
+
+    def flush(self, nsel_rows=None):
+        """Parse the queued lines, add NSEL 'flow denied' events, write the new DENY rows."""
+        from flowsense.pipeline import nsel_denies
+        from flowsense.sinks.tables import deny_table
+
+        while True:
+            try:
+                line, source = self.lines.get_nowait()
+            except queue.Empty:
+                break
+            self.line_numbers[source] = self.line_numbers.get(source, 0) + 1
+            self.reader.feed(line, source, self.line_numbers[source])
+        if nsel_rows is not None and len(nsel_rows):
+            self.reader.add_rows(*nsel_denies(nsel_rows, self.nsel_source))
+        if len(self.reader.kept) > self.written:
+            start, self.written = self.written, len(self.reader.kept)
+            self.out.write(deny_table(self.reader.rows(start), self.reader.text_columns(start), self.reader.sources))
+
+    def stats(self) -> dict:
+        return {**self.reader.stats(), "queue_drops": self.dropped, "files_written": self.out.files}
+
+    def close(self):
+        for source in self.inputs:
+            source.stop()
+        self.flush()
+        self.out.close()
+
+
+def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] = (), deny_logs: list[str] = (),
+            deny_format: str | None = None, stop: threading.Event | None = None) -> dict:
     import numpy as np
 
+    from flowsense.decode.netflow import FW_DENIED
     from flowsense.pipeline import _prepare_out
+    from flowsense.schema import NFLOW
+    from flowsense.sinks.tables import nflow_table
 
     _prepare_out(out_dir)
+    rotate_s = config.collect.rotate_s
     stop = stop or threading.Event()
     inbox: queue.Queue = queue.Queue(QUEUE_DATAGRAMS)
     listeners = [Listener(*parse_listen(text), inbox) for text in listen]
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    decoder, flows = NetflowDecoder(), RotatingFlows(out_dir, rotate_s)
+    decoder = NetflowDecoder()
+    flows = RotatingParquet(out_dir, "flows", nflow_table(NFLOW.empty(0)), ("orig_h", "resp_h", "proto", "exporter"),
+                            rotate_s)
+    denies = LiveDenies(config, out_dir, list(syslog), list(deny_logs), deny_format, rotate_s) \
+        if syslog or deny_logs else None
     saved = out_dir / TEMPLATES_FILE
     restored = 0
     if saved.exists():
@@ -165,6 +237,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, rotate_s: float = 
                   "uptime_s": round(time.time() - started, 1),
                   "listeners": {lst.name: lst.stats() for lst in listeners},
                   "flows": flows.rows, "files": flows.files, "templates_restored": restored,
+                  "denylog": denies.stats() if denies else None,
                   "exporters": decoder.stats(), "config": to_toml(config)}
         (out_dir / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
         (out_dir / TEMPLATES_FILE).write_text(json.dumps(decoder.save_templates()))
@@ -181,12 +254,17 @@ def collect(listen: list[str], config: Config, out_dir: Path, rotate_s: float = 
             pass
         rows = [r for data, exporter in batch if len(r := decoder.decode(data, exporter))]
         if rows:
-            flows.write(np.concatenate(rows))
+            rows = np.concatenate(rows)
+            flows.write(nflow_table(rows))
+            if denies:
+                denies.flush(rows[rows["fw_event"] == FW_DENIED])
         return bool(batch)
 
     try:
         while not stop.is_set():
             decode_batch(0.2)
+            if denies:
+                denies.flush()
             if time.time() - last_stats >= STATS_EVERY_S:
                 stats()
                 last_stats = time.time()
@@ -195,10 +273,14 @@ def collect(listen: list[str], config: Config, out_dir: Path, rotate_s: float = 
             lst.thread.join(timeout=2)
         while decode_batch(0):
             pass
+        if denies:
+            denies.close()
         flows.close()
         (out_dir / "alerts.jsonl").touch()
         return stats()  # while the sockets are still open, so their kernel drop counts can be read
     finally:
         flows.close()
+        if denies:
+            denies.out.close()
         for lst in listeners:
             lst.close()

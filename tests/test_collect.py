@@ -148,3 +148,32 @@ def test_restart_keeps_templates(tmp_path):
     files = sorted((tmp_path / "fs").glob("flows-*.parquet"))
     assert len(files) == 2  # the restart added a file, it did not overwrite
     assert sum(pq.read_table(f).num_rows for f in files) == 2
+
+
+def test_collect_with_syslog_and_tailed_deny_log(tmp_path):
+    line = ("Mar  2 09:20:01 fw kernel: fs-drop IN=eth0 OUT=eth1 SRC=198.18.10.53 DST=198.19.88.8 LEN=60 "
+            "PROTO=TCP SPT=40000 DPT=443 SYN")
+    log = tmp_path / "fw.log"
+    log.write_text("an old line that the tail skips\n")
+    flows_port, syslog_port = free_udp_port(), free_udp_port()
+    collector = subprocess.Popen([sys.executable, "-m", "flowsense", "collect", "--listen", f"127.0.0.1:{flows_port}",
+                                  "--syslog", f"127.0.0.1:{syslog_port}", "--deny-log", str(log),
+                                  "--out", str(tmp_path / "fs")], cwd=ROOT, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)
+    try:
+        assert wait_for(lambda: (tmp_path / "fs" / "stats.json").exists()), "flowsense collect did not start"
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.sendto(("<4>" + line).encode(), ("127.0.0.1", syslog_port))
+        with socket.create_connection(("127.0.0.1", syslog_port), timeout=5) as t:
+            t.sendall(f"{len(line)} {line}".encode())
+        with log.open("a") as fh:
+            fh.write(line.replace("40000", "40001") + "\n")
+        assert wait_for(lambda: len(list((tmp_path / "fs").glob("deny-*.parquet"))) > 0, 10)
+        time.sleep(0.5)
+    finally:
+        assert stop(collector) == 0, collector.stderr.read()
+    stats = json.loads((tmp_path / "fs" / "stats.json").read_text())
+    assert stats["denylog"]["deny_rows"] == 3 and stats["denylog"]["vendors"]["iptables"]["parsed"] == 3
+    rows = [r for f in sorted((tmp_path / "fs").glob("deny-*.parquet")) for r in pq.read_table(f).to_pylist()]
+    assert sorted(r["src_p"] for r in rows) == [40000, 40000, 40001]
+    assert {r["file"] for r in rows} == {f"syslog 127.0.0.1:{syslog_port}", str(log)}

@@ -205,21 +205,22 @@ class DenyLogReader:
         self.lines += part["lines"]
         self.blank += part["blank"]
 
-    def _column(self, k: int) -> list:
-        return [row[k] for row in self.kept]
+    def _column(self, k: int, start: int = 0) -> list:
+        return [row[k] for row in self.kept[start:]]
 
-    def rows(self) -> np.ndarray:
-        rows = DENY.empty(len(self.kept))
+    def rows(self, start: int = 0) -> np.ndarray:
+        """DENY rows from the ``start``-th kept row on (live inputs write what is new)."""
+        rows = DENY.empty(len(self.kept) - start)
         if len(rows):
-            rows["ts"] = self._column(0)
-            rows["src_hi"], rows["src_lo"] = _halves(self._column(1))
-            rows["dst_hi"], rows["dst_lo"] = _halves(self._column(2))
+            rows["ts"] = self._column(0, start)
+            rows["src_hi"], rows["src_lo"] = _halves(self._column(1, start))
+            rows["dst_hi"], rows["dst_lo"] = _halves(self._column(2, start))
             for k, name in enumerate(("sport", "dport", "proto", "action", "source", "line_no"), 3):
-                rows[name] = self._column(k)
+                rows[name] = self._column(k, start)
         return rows
 
-    def text_columns(self) -> dict[str, list[str]]:
-        return {name: self._column(k) for k, name in enumerate(("vendor", "device", "rule"), 9)}
+    def text_columns(self, start: int = 0) -> dict[str, list[str]]:
+        return {name: self._column(k, start) for k, name in enumerate(("vendor", "device", "rule"), 9)}
 
     def stats(self) -> dict:
         vendors = sorted(set(self.parsed) | set(self.skipped) | set(self.failed))
