@@ -132,22 +132,35 @@ def conn_state(f: np.ndarray) -> np.ndarray:
     return np.select([c for c, _ in choices], [CONN_STATES.index(s) for _, s in choices], CONN_STATES.index("OTH"))
 
 
+def _key_columns(ts, last_ts, src_hi, src_lo, dst_hi, dst_lo, sport, dport, proto, ip_ver):
+    """The columns every flow-like table starts with, and its Community ID column.  ``sport`` and
+    ``dport`` are ports, or ICMP type and code (as Zeek shows them)."""
+    community = community_ids(proto, ip_ver, src_hi, src_lo, dst_hi, dst_lo, sport, dport)
+    cols = {
+        "ts": column(ts, UTC_NS),
+        "last_ts": column(last_ts, UTC_NS),
+        "duration": column((last_ts - ts) / 1e9),
+        "orig_h": addr_text(src_hi, src_lo),
+        "orig_p": column(sport),
+        "resp_h": addr_text(dst_hi, dst_lo),
+        "resp_p": column(dport),
+        "proto": labels(PROTO_VOCAB, proto),
+        "ip_ver": column(ip_ver),
+    }
+    n = len(ts)
+    ids = pa.StringArray.from_buffers(n, pa.py_buffer(np.arange(n + 1, dtype=np.int32) * ID_LEN),
+                                      pa.py_buffer(community))
+    return cols, ids
+
+
 def flow_table(f: np.ndarray, files: list[str]) -> pa.Table:
     icmp = (f["proto"] == 1) | (f["proto"] == 58)
-    orig_p = np.where(icmp, f["icmp_type"], f["orig_p"]).astype(np.uint16)
-    resp_p = np.where(icmp, f["icmp_code"], f["resp_p"]).astype(np.uint16)
-    community = community_ids(f["proto"], f["ip_ver"], f["orig_hi"], f["orig_lo"], f["resp_hi"], f["resp_lo"],
-                              orig_p, resp_p)
+    key, community = _key_columns(f["ts"], f["last_ts"], f["orig_hi"], f["orig_lo"], f["resp_hi"], f["resp_lo"],
+                                  np.where(icmp, f["icmp_type"], f["orig_p"]).astype(np.uint16),
+                                  np.where(icmp, f["icmp_code"], f["resp_p"]).astype(np.uint16), f["proto"],
+                                  f["ip_ver"])
     cols = {
-        "ts": column(f["ts"], UTC_NS),
-        "last_ts": column(f["last_ts"], UTC_NS),
-        "duration": column((f["last_ts"] - f["ts"]) / 1e9),
-        "orig_h": addr_text(f["orig_hi"], f["orig_lo"]),
-        "orig_p": column(orig_p),
-        "resp_h": addr_text(f["resp_hi"], f["resp_lo"]),
-        "resp_p": column(resp_p),
-        "proto": labels(PROTO_VOCAB, f["proto"]),
-        "ip_ver": column(f["ip_ver"]),
+        **key,
         "icmp_id": column(np.where(icmp, f["resp_p"], 0).astype(np.uint16)),
         **{name: column(f[name]) for name in ("orig_pkts", "orig_bytes", "resp_pkts", "resp_bytes",
                                               "orig_payload_bytes", "resp_payload_bytes")},
@@ -156,8 +169,7 @@ def flow_table(f: np.ndarray, files: list[str]) -> pa.Table:
         "conn_state": labels(CONN_STATES, conn_state(f)),
         "end_reason": labels(list(t.END_REASONS), f["end_reason"]),
         "vlan": column(f["vlan"]),
-        "community_id": pa.StringArray.from_buffers(
-            len(f), pa.py_buffer(np.arange(len(f) + 1, dtype=np.int32) * ID_LEN), pa.py_buffer(community)),
+        "community_id": community,
         "file": labels(files, f["file_id"]),
         "first_frame": column(f["first_frame"]),
     }
@@ -213,22 +225,14 @@ def nflow_table(r: np.ndarray) -> pa.Table:
     """NetFlow/IPFIX records with the flow columns of ``flow_table`` (orig = source of the
     unidirectional record, nothing on the responder side) and their export context."""
     icmp = (r["proto"] == 1) | (r["proto"] == 58)
-    sport = np.where(icmp, r["icmp_type"], r["sport"]).astype(np.uint16)
-    dport = np.where(icmp, r["icmp_code"], r["dport"]).astype(np.uint16)
     v4 = (r["src_hi"] == 0) & (r["src_lo"] >> np.uint64(32) == 0xFFFF)
-    ip_ver = np.where(v4, 4, 6).astype(np.uint8)
-    community = community_ids(r["proto"], ip_ver, r["src_hi"], r["src_lo"], r["dst_hi"], r["dst_lo"], sport, dport)
+    key, community = _key_columns(r["ts"], r["last_ts"], r["src_hi"], r["src_lo"], r["dst_hi"], r["dst_lo"],
+                                  np.where(icmp, r["icmp_type"], r["sport"]).astype(np.uint16),
+                                  np.where(icmp, r["icmp_code"], r["dport"]).astype(np.uint16), r["proto"],
+                                  np.where(v4, 4, 6).astype(np.uint8))
     zeros = np.zeros(len(r), np.uint64)
     cols = {
-        "ts": column(r["ts"], UTC_NS),
-        "last_ts": column(r["last_ts"], UTC_NS),
-        "duration": column((r["last_ts"] - r["ts"]) / 1e9),
-        "orig_h": addr_text(r["src_hi"], r["src_lo"]),
-        "orig_p": column(sport),
-        "resp_h": addr_text(r["dst_hi"], r["dst_lo"]),
-        "resp_p": column(dport),
-        "proto": labels(PROTO_VOCAB, r["proto"]),
-        "ip_ver": column(ip_ver),
+        **key,
         "orig_pkts": column(r["packets"]),
         "orig_bytes": column(r["bytes"]),
         "resp_pkts": column(zeros),
@@ -236,8 +240,7 @@ def nflow_table(r: np.ndarray) -> pa.Table:
         "orig_tcp_flags": column(r["tcp_flags"]),
         "conn_state": labels(["OTH"], np.zeros(len(r), np.int32)),
         "end_reason": labels(["exported"], np.zeros(len(r), np.int32)),
-        "community_id": pa.StringArray.from_buffers(
-            len(r), pa.py_buffer(np.arange(len(r) + 1, dtype=np.int32) * ID_LEN), pa.py_buffer(community)),
+        "community_id": community,
         "source": labels(["netflow"], np.zeros(len(r), np.int32)),
         "exporter": addr_text(r["exporter_hi"], r["exporter_lo"]),
         **{name: column(r[name]) for name in ("version", "domain", "sampling", "in_if", "out_if", "fw_event")},
