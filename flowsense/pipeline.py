@@ -155,7 +155,9 @@ def write_denies(denies, out_dir: Path) -> list[str]:
 
 
 def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (), quiet: bool = False,
-            deny_format: str | None = None) -> dict:
+            deny_format: str | None = None, baseline=None) -> dict:
+    from flowsense.alerts import write_jsonl
+    from flowsense.detection import Denies, Detection
     from flowsense.sinks.parquet import ParquetSink
     from flowsense.sinks.tables import dns_table, flow_table
 
@@ -166,35 +168,45 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
     _prepare_out(out_dir)
     files = [str(cf.path) for cf in captures]
     decoder, meter, totals = Decoder(config.pcap.batch_frames), FlowMeter(config.flows), Totals()
+    detection = Detection(config, baseline)
     flows_out = ParquetSink(out_dir / "flows.parquet", flow_table(FLOW.empty(0), files),
-                            ("orig_h", "resp_h", "proto", "conn_state", "end_reason", "file"))
+                            ("orig_h", "resp_h", "proto", "conn_state", "app", "end_reason", "file"))
     dns_out = ParquetSink(out_dir / "dns.parquet", dns_table(DNS.empty(0), np.zeros(0, np.uint8), files),
                           ("src_h", "dst_h", "proto", "qname", "file"))
     bar, tick = _progress(captures, quiet)
-    meter_s = 0.0
+    meter_s = features_s = 0.0
     # Output conversion and Parquet writing run on one worker thread (FIFO keeps the order) while
     # the nogil kernels decode the next batch: the second core hides most of the output cost.
     with ThreadPoolExecutor(1, thread_name_prefix="flowsense-out") as writer:
         written = []
         for batch in decoded_batches(captures, decoder, tick):
             totals.add(batch)
+            t0 = time.perf_counter()
+            detection.update(batch)
+            features_s += time.perf_counter() - t0
             if len(batch.dns):
                 written.append(writer.submit(lambda d=batch.dns.copy(), b=batch.blob.copy():
                                              dns_out.write(dns_table(d, b, files))))
             t0 = time.perf_counter()
-            ended = list(meter.update(batch.packets))
+            ended = [detection.add_flows(flows) for flows in meter.update(batch.packets)]
             meter_s += time.perf_counter() - t0
             written += [writer.submit(lambda f=flows: flows_out.write(flow_table(f, files))) for flows in ended]
-        written += [writer.submit(lambda f=flows: flows_out.write(flow_table(f, files))) for flows in meter.flush()]
+        written += [writer.submit(lambda f=flows: flows_out.write(flow_table(f, files)))
+                    for flows in map(detection.add_flows, meter.flush())]
         for done in written:
             done.result()
     flows_out.close()
     dns_out.close()
     if bar:
         bar.close()
-    (out_dir / "alerts.jsonl").write_text("")
     if denies is not None:
         warnings += write_denies(denies, out_dir)
+    t0 = time.perf_counter()
+    alerts, detection_stats = detection.finish(Denies.of(denies))
+    detection_stats["detect_s"] = round(time.perf_counter() - t0, 3)
+    detection_stats["features_s"] = round(features_s, 3)
+    detection_stats["baseline"] = baseline.describe() if baseline is not None else None
+    write_jsonl(alerts, out_dir / "alerts.jsonl")
     wall = time.perf_counter() - started
     for cf in captures:
         if cf.counters.any() and (cf.stats()["truncated_record"] or cf.stats()["damaged_record"]):
@@ -211,7 +223,8 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
         "fragments": totals.fragments,
         "dns_messages": totals.dns,
         "flows": flows_out.rows,
-        "alerts": 0,
+        "alerts": len(alerts),
+        "alerts_by_rule": {rule: sum(a.rule == rule for a in alerts) for rule in sorted({a.rule for a in alerts})},
         "first_ts": totals.first_ts,
         "last_ts": totals.last_ts,
         "duration_s": (totals.last_ts - totals.first_ts) / 1e9 if totals.first_ts is not None else 0.0,
@@ -223,6 +236,7 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
                     for name in captures[0].stats() if name not in ("path", "format", "bytes")},
         "flow_meter": {**meter.stats(), "meter_s": round(meter_s, 3)},
         "denylog": denies.stats() if denies is not None else None,
+        "detection": detection_stats,
         "config": to_toml(config),
         "warnings": warnings,
         "outputs": {name: str(out_dir / name) for name in ("flows.parquet", "dns.parquet", "alerts.jsonl",
@@ -322,11 +336,13 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
         "export_datagrams": sum(e.get("datagrams", 0) for e in exporters.values()),
         "other_udp_datagrams": other_udp,
         "flows": sink.rows,
-        "alerts": 0,
+        "alerts": len(alerts),
+        "alerts_by_rule": {rule: sum(a.rule == rule for a in alerts) for rule in sorted({a.rule for a in alerts})},
         "exporters": exporters,
         "wall_s": round(wall, 3),
         "weird": decoder.stats(),
         "denylog": denies.stats() if denies is not None else None,
+        "detection": detection_stats,
         "config": to_toml(config),
         "warnings": warnings,
         "nsel_denied_events": int(len(nsel)) if nsel is not None else 0,

@@ -303,6 +303,9 @@ def _create(flows, index, free, meta, counters, r, shi, slo, dhi, dlo, sp, dp, h
     f.vlan = r.vlan
     f.file_id = r.file_id
     f.first_frame = r.frame_no
+    f.orig_head_len = 0
+    f.resp_head_len = 0
+    f.app = 0
     f.hash = h
     mask = index.shape[0] - 1
     j = np.int64(h) & mask
@@ -399,11 +402,15 @@ def meter_run(pk, start, flows, index, free, meta, counters, params, out):
             f.orig_bytes += r.ip_len
             f.orig_payload_bytes += r.l4_len
             f.orig_flags |= flags
+            if f.orig_head_len == 0 and r.head_len:
+                f.orig_head, f.orig_head_len = r.head, r.head_len
         else:
             f.resp_pkts += 1
             f.resp_bytes += r.ip_len
             f.resp_payload_bytes += r.l4_len
             f.resp_flags |= flags
+            if f.resp_head_len == 0 and r.head_len:
+                f.resp_head, f.resp_head_len = r.head, r.head_len
         if proto == 6:
             st = f.state
             if direction == 1:

@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 from flowsense.decode.packets import PROTO_NAMES
+from flowsense.features.app import APPS
 from flowsense.flows import table as t
 from flowsense.flows.community_id import ID_LEN, community_ids
 
@@ -167,6 +168,7 @@ def flow_table(f: np.ndarray, files: list[str]) -> pa.Table:
         "orig_tcp_flags": column(f["orig_flags"]),
         "resp_tcp_flags": column(f["resp_flags"]),
         "conn_state": labels(CONN_STATES, conn_state(f)),
+        "app": labels(list(APPS), f["app"]),
         "end_reason": labels(list(t.END_REASONS), f["end_reason"]),
         "vlan": column(f["vlan"]),
         "community_id": community,
