@@ -1,13 +1,14 @@
 #!/bin/sh
 # Set up flowsense on a Debian 12 machine as root: system packages, a virtualenv in .venv, the
 # package itself.  With --test, also the tools the tests and bench/ drive (tshark, softflowd, nfdump,
-# GNU time; nftables, ulogd2 and iproute2 for the firewall tests in network namespaces)
+# GNU time; nftables, ulogd2 and iproute2 for the firewall tests in network namespaces; tcpdump,
+# ptunnel-ng, iodine, dns2tcp, nmap, masscan, hping3 and dig for the e2e detection lab in tests/e2e)
 # and the test dependencies.  Safe to run again.
 set -eu
 cd "$(dirname "$0")/.."
 export DEBIAN_FRONTEND=noninteractive
 system="python3 python3-venv python3-dev gcc libpcap0.8"
-tests="tshark softflowd nfdump time nftables ulogd2 ulogd2-json ethtool iputils-ping iproute2"
+tests="tshark softflowd nfdump time nftables ulogd2 ulogd2-json ethtool iputils-ping iproute2 tcpdump ptunnel-ng iodine dns2tcp nmap masscan hping3 bind9-dnsutils"
 want=$system
 [ "${1:-}" = "--test" ] && want="$system $tests"
 missing=""
