@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from flowsense.attack import RULES, TECHNIQUES
 from flowsense.nets import addr_str
 
-SEVERITIES = ((0.9, "critical"), (0.75, "high"), (0.5, "medium"), (0.0, "low"))
+SEVERITIES = ((0.9, "critical"), (0.8, "high"), (0.65, "medium"), (0.0, "low"))
 
 
 def severity(score: float) -> str:

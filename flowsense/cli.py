@@ -31,6 +31,8 @@ def _parser() -> argparse.ArgumentParser:
     a.add_argument("--netflow", action="store_true",
                    help="the captures hold NetFlow v5/v9/IPFIX export traffic: decode the exported flow records")
     a.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
+    a.add_argument("-b", "--baseline", metavar="FILE", help="score against this learned baseline "
+                   "(`flowsense baseline build`); without one, rarity is judged within the capture itself")
     a.add_argument("--out", metavar="DIR", type=Path,
                    help="output folder (default: a new folder named after the first capture)")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
@@ -48,6 +50,21 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
     n.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-collect"),
                    help="output folder (default: ./flowsense-collect; files are added, never overwritten)")
+
+    b = sub.add_parser("baseline", help="learn a local baseline from captures of normal traffic",
+                       description="Learn which port/protocol pairings each host uses (saved as .npz, no pickle).")
+    b.add_argument("action", choices=["build"])
+    b.add_argument("pcaps", nargs="+", metavar="PCAP", help="captures of normal traffic")
+    b.add_argument("-o", "--output", required=True, metavar="FILE", help="baseline file to write")
+    b.add_argument("-b", "--baseline", metavar="FILE", help="existing baseline to extend (learned into a copy)")
+    b.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
+
+    e = sub.add_parser("eval", help="precision and recall of an output folder's alerts against labels",
+                       description="Compare DIR/alerts.jsonl with a labels file (one JSON object per line).")
+    e.add_argument("dir", metavar="DIR", type=Path, help="output folder of `flowsense analyze`")
+    e.add_argument("--labels", required=True, metavar="LABELS.jsonl", help="labels: src, start, end, rule, analytics")
+    e.add_argument("--slack-s", type=float, default=5.0, help="widen label windows by this much (default 5 s)")
+    e.add_argument("--json", action="store_true", help="print the result as JSON")
 
     c = sub.add_parser("config", help="show configuration")
     c.add_argument("action", choices=["show"])
@@ -87,8 +104,27 @@ def _summary(stats: dict, out_dir: Path) -> str:
         lines.append(f"  denies   {stats['denylog']['deny_rows']:,} rows from {stats['denylog']['lines']:,} lines "
                      f"(parsed/skipped/failed: {per or 'none'})")
     lines += [f"  warning  {w}" for w in stats["warnings"]]
+    lines += _alert_lines(out_dir / "alerts.jsonl")
     lines.append(f"  output   {out_dir}/ ({', '.join(Path(p).name for p in stats['outputs'].values())})")
     return "\n".join(lines)
+
+
+def _alert_lines(path: Path, shown: int = 10) -> list[str]:
+    """The highest-scoring alerts, one line each."""
+    if not path.exists():
+        return []
+    alerts = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    alerts.sort(key=lambda a: -a["flowsense"]["score"])
+    lines = []
+    for a in alerts[:shown]:
+        dst = a.get("destination") or {}
+        target = f" -> {dst['ip']}" + (f":{dst['port']}" if dst.get("port") else "") if dst else ""
+        lines.append(f"  alert    {a['flowsense']['score']:.2f} {a['flowsense']['severity']:8} "
+                     f"{'/'.join(a['flowsense']['analytic']) or '-':13} {a['rule']['name']}: "
+                     f"{a['source']['ip']}{target}")
+    if len(alerts) > shown:
+        lines.append(f"  alert    ... and {len(alerts) - shown} more in alerts.jsonl")
+    return lines
 
 
 def _analyze(args) -> int:
@@ -101,8 +137,10 @@ def _analyze(args) -> int:
         from flowsense.pipeline import analyze_netflow
         stats = analyze_netflow(args.pcaps, config, out_dir, args.deny_log, args.deny_format)
     else:
+        from flowsense.baseline import Baseline
+        baseline = Baseline.load(args.baseline) if args.baseline else None
         stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json,
-                        deny_format=args.deny_format)
+                        deny_format=args.deny_format, baseline=baseline)
     if args.json:
         print(json.dumps(stats, indent=2))
     elif not args.quiet:
@@ -142,6 +180,29 @@ def _collect(args) -> int:
     return 0
 
 
+def _baseline(args) -> int:
+    from flowsense import config as cfg
+    from flowsense.baseline import Baseline
+    from flowsense.pipeline import learn_baseline
+
+    config = cfg.load(args.config)
+    old = Baseline.load(args.baseline) if args.baseline else Baseline.empty()
+    learned = learn_baseline(args.pcaps, config, old)
+    learned.save(args.output)
+    d = learned.describe()
+    print(f"flowsense baseline: {d['hosts']:,} hosts, {d['pairings']:,} port/protocol pairings from {d['flows']:,} "
+          f"flows of {d['captures']} capture(s) -> {args.output}")
+    return 0
+
+
+def _eval(args) -> int:
+    from flowsense.evaluate import evaluate, load_alerts, load_labels, render
+
+    result = evaluate(load_labels(args.labels), load_alerts(args.dir), args.slack_s)
+    print(json.dumps(result, indent=2) if args.json else render(result))
+    return 0
+
+
 def _config(args) -> int:
     from flowsense import config as cfg
 
@@ -152,7 +213,8 @@ def _config(args) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
-        return {"analyze": _analyze, "collect": _collect, "config": _config}[args.command](args)
+        return {"analyze": _analyze, "collect": _collect, "config": _config, "baseline": _baseline,
+                "eval": _eval}[args.command](args)
     except FlowsenseError as err:
         print(f"flowsense: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -122,33 +122,125 @@ def _check_cidrs(section: str, key: str, values: tuple):
 
 @dataclass(frozen=True)
 class IcmpTunnelConfig:
-    min_packets: int = knob(10, "echo packets a conversation needs before it is judged", 2)
+    min_packets: int = knob(10, "packets an ICMP conversation needs before its behaviour (size variety, interval "
+                            "entropy, volume) adds to the score; content evidence (tool signature, inner IP header, "
+                            "payload that is no OS ping pattern, replies that do not echo) counts from the first", 2)
+    capacity: int = knob(32768, "ICMP conversations held at once (~800 bytes each); when 3/4 full the least recently "
+                         "seen half is evicted, those without tunnel evidence first", 16)
+    histogram_rows: int = knob(4096, "conversations with non-OS payload that get a 256-bin byte histogram "
+                               "(1 KiB each); beyond it byte entropy is left out of their evidence", 1)
+    retired_max: int = knob(4096, "evicted conversations with tunnel evidence kept for the end-of-run verdict", 1)
+    flows_min_packets: int = knob(20, "NetFlow grade: echo requests a host pair needs before it is judged", 2)
+    flows_min_bytes: int = knob(65536, "NetFlow grade: IP bytes (both directions) a host pair needs before it is "
+                                "judged", 0)
 
 
 @dataclass(frozen=True)
 class DnsTunnelConfig:
     window_s: float = knob(3600.0, "per (client, registered domain) features are judged over windows this long", 1.0)
+    info_floor_bytes: int = knob(256, "unique query bytes (summed lengths of distinct subdomains) per window below "
+                                 "which the information subscore is 0", 1)
+    info_full_bytes: int = knob(4096, "unique query bytes per window at which the information subscore is 1 "
+                                "(Paxson et al. 2013 budget 4 kB per domain per day; log scale in between)", 2)
+    long_name_chars: int = knob(70, "a query name longer than this is long (Sigma DNS tunnel rules: > 70)", 1)
+    long_label_chars: int = knob(48, "a first label longer than this is long (nDPI: > 48)", 1)
+    large_response_bytes: int = knob(512, "DNS responses larger than this count as large (classic UDP DNS limit)", 1)
+    capacity: int = knob(32768, "(client, registered domain) pairs held per window; a full table closes the "
+                         "window early, counted (up to ~1 kB per pair)", 16)
+    unique_capacity: int = knob(500_000, "distinct subdomains held per window over all pairs (up to ~32 bytes "
+                                "each)", 16)
+    flows_min_packets: int = knob(200, "NetFlow only: UDP/53 request packets from one client to one server per "
+                                  "window before they are judged", 1)
+    flows_min_mean_bytes: int = knob(160, "NetFlow only: mean IP bytes per request packet that looks like "
+                                     "tunnel queries (ordinary queries are ~60-100 B)", 1)
 
 
 @dataclass(frozen=True)
 class PairingConfig:
-    alpha: float = knob(1.0, "additive smoothing of the rarity estimate -log((c+a)/(N+aK))", 0.0)
+    alpha: float = knob(1.0, "additive smoothing of the rarity estimate -log2((c+a)/(N+aK))", 0.0)
+    rare_fraction: float = knob(0.02, "a pairing used by at most this share of hosts (and at least by one) is rare",
+                                0.0)
+    confident_hosts: int = knob(20, "hosts a reference (baseline or capture) needs before rarity counts fully; "
+                                "with fewer, rarity adds proportionally less", 1)
 
 
 @dataclass(frozen=True)
 class BeaconConfig:
-    min_connections: int = knob(4, "distinct connection starts a pair needs before it is judged (RITA: 4)", 3)
+    min_connections: int = knob(6, "check-ins (distinct connection starts, or bursts inside one session) a series "
+                                "needs before it is judged; RITA uses 4, 6 keeps a 4-5 times seen timer (an hourly "
+                                "update check in a short capture) quiet", 3)
+    min_span_s: float = knob(30.0, "a series must last this long (first to last check-in) to be judged: scanners "
+                             "and retry loops repeat on a seconds timer for seconds (nmap -sT: 6 tries in 5 s)", 0.0)
+    burst_gap_s: float = knob(1.0, "payload after this much silence in a conversation is a new check-in; connection "
+                              "starts closer than this are one check-in", 0.001)
+    jitter_ok_ratio: float = knob(0.04, "jitter ratio (std of the per-beat phase residuals / period, judged at "
+                                  "x (1 + 1.5/sqrt(in-phase intervals))) up to this gets full periodicity credit; "
+                                  "a +-j uniform timer measures j/sqrt(3): +-7 % -> 0.04", 0.0)
+    jitter_max_ratio: float = knob(0.13, "jitter ratio at or above this gets none (+-22 % uniform; a benign update "
+                                   "checker with 20-30 % jitter sits here); credit falls linearly in between",
+                                   0.001)
+    min_beat_ratio: float = knob(0.7, "share of the expected beats that must be seen for full periodicity credit "
+                                 "(missed beats below it lower the score proportionally: sparse events fit some "
+                                 "period by chance when most beats may be missing)", 0.01)
+    infrastructure_factor: float = knob(0.45, "score multiplier for NTP on UDP/123, DHCP on UDP/67 or 547, and DNS "
+                                        "on 53 to an internal or listed public resolver (protocol checked from "
+                                        "payload, not just the port); below 0.5 even a perfect timer stays under "
+                                        "the default alert floor", 0.0)
+    resolvers: tuple = knob(("8.8.8.8", "8.8.4.4", "1.1.1.1", "1.0.0.1", "9.9.9.9", "149.112.112.112",
+                             "208.67.222.222", "208.67.220.220", "2001:4860:4860::8888", "2001:4860:4860::8844",
+                             "2606:4700:4700::1111", "2606:4700:4700::1001", "2620:fe::fe", "2620:fe::9"),
+                            "public DNS resolvers (addresses or CIDRs) whose periodic DNS is damped like an internal "
+                            "resolver's")
+    table_capacity: int = knob(262_144, "conversations tracked at once for in-session bursts (32 bytes each); "
+                               "beyond it the least recently active of a probe window is evicted (counted)", 16)
+
+    def __post_init__(self):
+        _check_cidrs("beacon", "resolvers", self.resolvers)
 
 
 @dataclass(frozen=True)
 class EgressConfig:
-    scan_window_s: float = knob(300.0, "fan-out is counted per source over windows this long", 1.0)
+    scan_window_s: float = knob(300.0, "fan-out is counted per source over windows this long (Zeek scan.zeek: 5 min)",
+                                1.0)
+    scan_hosts: int = knob(25, "distinct hosts one source probed on one port within a window that make an address "
+                           "scan (Zeek Scan::addr_scan_threshold)", 1)
+    scan_ports: int = knob(15, "distinct ports one source probed on one host within a window that make a port scan "
+                           "(Zeek Scan::port_scan_threshold)", 1)
+    scan_ports_per_minute: int = knob(50, "distinct (host, port) pairs one source probed within a minute that make a "
+                                      "fast scan (Elastic)", 1)
+    scan_slow_factor: float = knob(4.0, "over the whole run (slow scans) the thresholds above are multiplied by this",
+                                   1.0)
+    scan_fingerprint_packets: int = knob(8, "probe packets matching a scanner fingerprint (masscan/zmap IP id, nmap "
+                                         "windows, no TCP options) before the fingerprint counts", 1)
+    scan_sources_capacity: int = knob(65536, "probing sources the packet fingerprint table tracks at once (~150 bytes "
+                                      "each); when full, sources without fingerprint evidence are evicted", 16)
+    upload_mb: float = knob(50.0, "upload (originator bytes, 1 MB = 10^6) to one outside peer that counts as "
+                            "high-volume egress (scores 0.5 when upload-heavy)", 0.001)
+    long_connection_h: float = knob(1.0, "covered time with one outside peer that starts the long-connection "
+                                    "buckets (RITA: 1/4/8/12 h)", 0.001)
+    sustained_rate_bytes_s: float = knob(1000.0, "mean upload rate over the covered time above which a long "
+                                         "connection counts as sustained egress rather than an idle session", 0.0)
+    mining_ports: tuple = knob((3333, 4444, 5555, 14444, 45700), "ports of cryptocurrency mining pools "
+                               "(stratum): long sessions or relays on them add T1496 Resource Hijacking")
+    proxy_max_lag_s: float = knob(2.0, "a relayed outbound connection starts (and ends) within this time of the "
+                                  "inbound one", 0.0)
+    proxy_byte_tolerance: float = knob(0.2, "relative difference allowed between the payload a relay receives and "
+                                       "sends, each direction", 0.0)
+    proxy_min_relays: int = knob(5, "matched inbound/outbound connection pairs a host needs to score 0.5 as a "
+                                 "relay", 1)
+    proxy_min_bytes: int = knob(1000, "payload bytes (both ways) an inbound connection needs to be matched as a "
+                                "relay (empty or tiny exchanges match by chance)", 0)
 
 
 @dataclass(frozen=True)
 class FallbackConfig:
     window_s: float = knob(900.0, "a new channel this soon after a block counts as a fallback", 1.0)
     clock_skew_s: float = knob(5.0, "tolerance between firewall log clocks and packet time", 0.0)
+    min_attempts: int = knob(2, "refused or unanswered connection attempts to one destination port that make "
+                             "traffic evidence of a block (one deny-log line or one ICMP prohibited suffices)", 1)
+    scan_ports: int = knob(10, "a host blocked on more distinct ports than this in one window is scanning, "
+                           "not falling back: its blocks are left to the scan detector", 2)
+    max_gap_bonus_s: float = knob(120.0, "a new channel within this time of the last block scores higher", 0.0)
 
 
 @dataclass(frozen=True)

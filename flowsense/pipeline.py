@@ -246,6 +246,18 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
     return stats
 
 
+def learn_baseline(paths: list[str], config: Config, baseline):
+    """Decode and meter captures of normal traffic and learn their flows into a copy of ``baseline``."""
+    from flowsense.features.app import label_apps
+
+    captures = [CaptureFile(p, i, config.pcap.batch_frames) for i, p in enumerate(paths)]
+    decoder, meter, flows = Decoder(config.pcap.batch_frames), FlowMeter(config.flows), []
+    for batch in decoded_batches(captures, decoder):
+        flows += [label_apps(f) for f in meter.update(batch.packets)]
+    flows += [label_apps(f) for f in meter.flush()]
+    return baseline.learn(np.concatenate(flows) if flows else FLOW.empty(0), [str(cf.path) for cf in captures])
+
+
 def measure_steady_rate(path: str, config: Config = Config(), repeat: int = 3) -> dict:
     """Decode + flow meter time for one capture after a JIT warm-up, best of ``repeat`` passes
     (benchmark helper: the steady rate without start-up and output costs)."""
@@ -281,11 +293,38 @@ def nsel_denies(rows: np.ndarray, source: int) -> tuple[np.ndarray, dict[str, li
     return out, {"vendor": ["cisco_nsel"] * len(denied), "device": exporters, "rule": [""] * len(denied)}
 
 
+def flow_rows(records: np.ndarray) -> np.ndarray:
+    """NetFlow/IPFIX records as FLOW rows for the detectors: one-way (originator = source),
+    counters scaled by the sampling rate, no payload (``app`` none), TCP progress from the flags."""
+    from flowsense.flows.table import ST_SYNACK, icmp_family
+    from flowsense.schema import FLOW
+
+    f = FLOW.empty(len(records))
+    for a, b in (("orig", "src"), ("resp", "dst")):
+        f[f"{a}_hi"], f[f"{a}_lo"] = records[f"{b}_hi"], records[f"{b}_lo"]
+    icmp = np.isin(records["proto"], (1, 58))
+    f["orig_p"] = np.where(icmp, [icmp_family(p, t) for p, t in zip(records["proto"], records["icmp_type"])]
+                           if icmp.any() else 0, records["sport"])
+    f["resp_p"] = np.where(icmp, 0, records["dport"])
+    for name in ("ts", "last_ts", "proto", "icmp_type", "icmp_code"):
+        f[name] = records[name]
+    f["ip_ver"] = np.where((records["src_hi"] == 0) & ((records["src_lo"] >> np.uint64(32)) == 0xFFFF), 4, 6)
+    scale = np.maximum(records["sampling"], 1).astype(np.uint64)
+    f["orig_pkts"], f["orig_bytes"] = records["packets"] * scale, records["bytes"] * scale
+    f["orig_flags"] = records["tcp_flags"]
+    # One-way records cannot show an unanswered SYN (the answer is another record): only an ACK
+    # says the connection got through, which is all deny_fallback asks of a fallback channel.
+    f["state"] = np.where((records["proto"] == 6) & ((records["tcp_flags"] & 16) != 0), ST_SYNACK, 0)
+    return f
+
+
 def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str] = (),
                     deny_format: str | None = None) -> dict:
     """Captures of NetFlow/IPFIX export traffic: every UDP payload that looks like an export
     message is decoded (templates carried across datagrams and files) into flows.parquet."""
+    from flowsense.alerts import write_jsonl
     from flowsense.decode.netflow import FW_DENIED, NetflowDecoder, looks_like_export
+    from flowsense.detection import Denies, Detection
     from flowsense.schema import NFLOW
     from flowsense.sinks.parquet import ParquetSink
     from flowsense.sinks.tables import addr_text, nflow_table
@@ -298,6 +337,7 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
     sink = ParquetSink(out_dir / "flows.parquet", nflow_table(NFLOW.empty(0)), ("orig_h", "resp_h", "proto", "exporter"))
     packets = other_udp = 0
     denied = []
+    detection = Detection(config, grade="flows")
     for cf in captures:
         for frames in cf.batches():
             pk = decoder.decode(cf.buf, frames).packets
@@ -316,9 +356,9 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
             if rows:
                 rows = np.concatenate(rows)
                 sink.write(nflow_table(rows))
+                detection.add_flows(flow_rows(rows))
                 denied.append(rows[rows["fw_event"] == FW_DENIED])
     sink.close()
-    (out_dir / "alerts.jsonl").write_text("")
     nsel = np.concatenate(denied) if denied else None
     if nsel is not None and len(nsel):
         from flowsense.denylog.framing import TimeContext
@@ -326,6 +366,8 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
         denies = denies or DenyLogReader(TimeContext(time.gmtime().tm_year, config.denylog.timezone))
         denies.add_rows(*nsel_denies(nsel, denies.add_source("netflow NSEL events")))
     warnings = write_denies(denies, out_dir) if denies is not None else []
+    alerts, detection_stats = detection.finish(Denies.of(denies))
+    write_jsonl(alerts, out_dir / "alerts.jsonl")
     exporters = netflow.stats()
     wall = time.perf_counter() - started
     stats = {

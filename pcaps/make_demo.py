@@ -338,23 +338,35 @@ def iso(ts):
     return datetime.fromtimestamp(ts, timezone.utc).isoformat(timespec="microseconds").replace("+00:00", "Z")
 
 
+BENIGN_HOSTS = ("198.18.10.5", "198.18.10.20", "198.18.10.21", "198.18.10.22", "198.18.10.23", "198.18.10.24",
+                "198.18.10.30", "fd00:18:10::23")
+
+
+def benign_labels():
+    """Hosts of the background stories: any alert from them is a false positive."""
+    return [{"story": f"benign {host}", "src": host, "dst": None, "start": iso(T0), "end": iso(T0 + SPAN),
+             "expected": "no alert", "rule": None, "analytics": []} for host in BENIGN_HOSTS]
+
+
 def main():
     for background in (browsing, ipv6_browsing, update_check, ntp, monitoring, user_pings_and_arp):
         background()
-    stories = [
-        ("beacon", beacon, "AN0597 beacon"),
-        ("icmp_tunnel", icmp_tunnel, "AN1258 ICMP tunnel"),
-        ("dns_tunnel", dns_tunnel, "DNS tunnel"),
-        ("deny_then_fallback", deny_then_fallback, "AN1376/AN1377 deny then fallback"),
-        ("scan", scan, "AN0081 scan"),
+    stories = [  # (story, function, expected, rule id, analytics)
+        ("beacon", beacon, "AN0597 beacon", "beacon", ["AN0597"]),
+        ("icmp_tunnel", icmp_tunnel, "AN1258 ICMP tunnel", "icmp_tunnel", ["AN1258"]),
+        ("dns_tunnel", dns_tunnel, "DNS tunnel", "dns_tunnel", []),
+        ("deny_then_fallback", deny_then_fallback, "AN1376/AN1377 deny then fallback", "deny_fallback",
+         ["AN1377", "AN1376"]),
+        ("scan", scan, "AN0081 scan", "scan", ["AN0081"]),
     ]
     labels = []
-    for name, story, expected in stories:
+    for name, story, expected, rule, analytics in stories:
         first = len(frames)
         src, dst = story()
         times = [f.time for f in frames[first:]]
         labels.append({"story": name, "src": src, "dst": dst, "start": iso(min(times)),
-                       "end": iso(max(times)), "expected": expected})
+                       "end": iso(max(times)), "expected": expected, "rule": rule, "analytics": analytics})
+    labels += benign_labels()
     frames.sort(key=lambda f: f.time)
     wrpcap(str(PCAP), frames)
     LABELS.write_text("".join(json.dumps(label) + "\n" for label in labels))

@@ -2,4 +2,6 @@
 
 Adding a detector touches three files: the detector module, its line here, its test."""
 
-DETECTORS = ()
+from flowsense.detectors import beacon, deny_fallback, dns_tunnel, egress, icmp_tunnel, port_pairing
+
+DETECTORS = (icmp_tunnel, dns_tunnel, port_pairing, beacon, egress, deny_fallback)

@@ -78,6 +78,7 @@ class Scenario:
     dst: str | None
     analytics: tuple[str, ...]
     rule: str | None
+    accept: tuple[str, ...] = ()   # side findings that are true of this traffic (see flowsense.evaluate)
 
     @property
     def benign(self) -> bool:
@@ -86,13 +87,15 @@ class Scenario:
 
 SCENARIOS = [
     Scenario("icmp_tunnel", "198.18.1.11", PT, ("AN1258",), "icmp_tunnel"),
-    Scenario("dns_tunnel_iodine", "198.18.1.12", IODINE_NS, ("DNS-TUNNEL",), "dns_tunnel"),
-    Scenario("dns_tunnel_dns2tcp", "198.18.1.13", D2T_NS, ("DNS-TUNNEL",), "dns_tunnel"),
-    Scenario("beacon", "198.18.1.14", C2_BEACON, ("AN0597",), "beacon"),
+    Scenario("dns_tunnel_iodine", "198.18.1.12", IODINE_NS, (), "dns_tunnel"),
+    Scenario("dns_tunnel_dns2tcp", "198.18.1.13", D2T_NS, (), "dns_tunnel"),
+    Scenario("beacon", "198.18.1.14", C2_BEACON, ("AN0597",), "beacon", ("port_pairing",)),  # plain HTTP on 443
     Scenario("scan_nmap", "198.18.1.15", NMAP_TARGET, ("AN0081",), "scan"),
     Scenario("scan_masscan", "198.18.1.16", MASSCAN_TARGET, ("AN0081",), "scan"),
-    Scenario("sustained_upload", "198.18.1.17", UPLOAD_SINK, ("AN0081",), "egress_sustained"),
-    Scenario("blocked_fallback", "198.18.1.18", C2_FALLBACK, ("AN1376", "AN1377"), "deny_fallback"),
+    Scenario("sustained_upload", "198.18.1.17", UPLOAD_SINK, ("AN0081",), "egress_sustained",
+             ("port_pairing",)),  # raw bytes to port 9001
+    Scenario("blocked_fallback", "198.18.1.18", C2_FALLBACK, ("AN1376", "AN1377"), "deny_fallback",
+             ("icmp_tunnel", "port_pairing")),  # its ICMP fallback carries a file, not a ping pattern
     Scenario("benign_dns", "198.18.1.101", RESOLVER, (), None),
     Scenario("benign_ping", "198.18.1.102", PING_TARGET, (), None),
     Scenario("benign_monitor", "198.18.1.103", PING_TARGET, (), None),
@@ -671,7 +674,7 @@ def run_scenarios(lab: Lab, stories: list[str] | None = None, deadline: float = 
         labels.append({"story": s.story, "src": s.src, "dst": s.dst,
                        "start": utc_iso(t.start) if t.start else None,
                        "end": utc_iso(t.end) if t.end else None,
-                       "analytics": list(s.analytics), "rule": s.rule, "ok": res is True,
+                       "analytics": list(s.analytics), "rule": s.rule, "accept": list(s.accept), "ok": res is True,
                        **({} if res is True else {"error": str(res)})})
         lab.log.info("label %-20s %s  %s .. %s  ok=%s", s.story, s.src, labels[-1]["start"], labels[-1]["end"], res)
     return labels
