@@ -95,7 +95,7 @@ SCENARIOS = [
     Scenario("sustained_upload", "198.18.1.17", UPLOAD_SINK, ("AN0081",), "egress_sustained",
              ("port_pairing",)),  # raw bytes to port 9001
     Scenario("blocked_fallback", "198.18.1.18", C2_FALLBACK, ("AN1376", "AN1377"), "deny_fallback",
-             ("icmp_tunnel", "port_pairing")),  # its ICMP fallback carries a file, not a ping pattern
+             ("icmp_tunnel", "port_pairing", "beacon")),  # ICMP carrying a file; 8443 retried every 3 s
     Scenario("benign_dns", "198.18.1.101", RESOLVER, (), None),
     Scenario("benign_ping", "198.18.1.102", PING_TARGET, (), None),
     Scenario("benign_monitor", "198.18.1.103", PING_TARGET, (), None),
@@ -571,7 +571,7 @@ def sc_scan_masscan(lab: Lab, ns: str, t: Timer) -> bool:
 
 def sc_sustained_upload(lab: Lab, ns: str, t: Timer) -> bool:
     with t:
-        rc = lab.agent(ns, "upload", "push", UPLOAD_SINK, str(UPLOAD_PORT), "--rate", "400000",
+        rc = lab.agent(ns, "upload", "push", UPLOAD_SINK, str(UPLOAD_PORT), "--rate", "1200000",
                        "--seconds", str(PHASE), timeout=PHASE + 20)
     return rc == 0
 
