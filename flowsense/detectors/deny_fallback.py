@@ -106,8 +106,10 @@ def detect(ev) -> list[Alert]:
         if len(blocked_ports) > cfg.scan_ports or (("scan", host) in found_by):
             continue
         first_block, last_block = int(episode["ts"].min()), int(episode["ts"].max())
+        # clock skew is a firewall-log matter: blocks seen in the traffic share the packets' clock
+        skew_here = skew if (episode["kind"] == b.DENY_LOG).any() else 0
         mine = (f["orig_hi"] == host[0]) & (f["orig_lo"] == host[1])
-        before = mine & (f["ts"] < first_block - skew)
+        before = mine & (f["ts"] < first_block - skew_here)
         used_before = set(keys[before].tolist())
         if ctx.baseline is not None:
             known = ctx.baseline.pairings.host_knows(f["orig_hi"][mine], f["orig_lo"][mine], keys[mine])
@@ -115,12 +117,14 @@ def detect(ev) -> list[Alert]:
         blocked_dsts = {(int(h), int(lo)) for h, lo in zip(episode["dst_hi"], episode["dst_lo"]) if h or lo}
         blocked_channels = {(int(h), int(lo), int(p), int(d)) for h, lo, p, d in
                             zip(episode["dst_hi"], episode["dst_lo"], episode["proto"], episode["dport"])}
-        later = np.flatnonzero(mine & worked & (f["ts"] >= first_block - skew) & (f["ts"] <= last_block + window))
+        later = np.flatnonzero(mine & worked & (f["ts"] >= first_block - skew_here) & (f["ts"] <= last_block + window))
+        in_use = {(int(h), int(lo), int(p), 0 if p in (1, 58) else int(port)) for h, lo, p, port in
+                  zip(f["resp_hi"][before], f["resp_lo"][before], f["proto"][before], f["resp_p"][before])}
         channels = {}
         for i in later:
             ch = (int(f["resp_hi"][i]), int(f["resp_lo"][i]), int(f["proto"][i]),
                   0 if f["proto"][i] in (1, 58) else int(f["resp_p"][i]))
-            if ch in blocked_channels:
+            if ch in blocked_channels or ch in in_use:   # a retry, or a channel that was already open
                 continue
             channels.setdefault(ch, []).append(i)
         scored = []
@@ -146,7 +150,7 @@ def detect(ev) -> list[Alert]:
                 continue
             scored.append(((dhi, dlo, proto, port), rows, parts))
         for a in found_by.get(("dns_tunnel", host), []):
-            if first_block - skew <= a.start_ns <= last_block + window:
+            if first_block - skew_here <= a.start_ns <= last_block + window:
                 scored.append(((a.dst or (0, 0)) + (17, 53), [], {"dns_tunnel_finding": 0.50, "_alert": a}))
         if not scored:
             continue
