@@ -206,9 +206,12 @@ def _alert(ev, host, episode, score, start, ch, rows, parts, results, first_bloc
         "other_channels": [_channel_text(r[2], f, r[3]) for r in results[1:6] if r[3]],
         "thresholds": {"window_s": cfg.window_s, "clock_skew_s": cfg.clock_skew_s, "min_attempts": cfg.min_attempts,
                        "scan_ports": cfg.scan_ports},
+        "rarity_reference": (f"baseline {ev.context.baseline.meta.get('file')}" if ev.context.baseline is not None
+                             else "this capture (no baseline given)"),
     }
     grade = "logs" if kinds.get("deny_log") and len(kinds) == 1 and ev.grade == "flows" else ev.grade
     end = int(f["last_ts"][rows].max()) if rows else dns_alert.end_ns
-    return Alert(rule=NAME, start_ns=first_block, end_ns=max(end, last_block), src=host, dst=(dhi, dlo) if dhi or dlo
-                 else None, dport=dport, transport=transport, score=score, techniques=techniques,
-                 identifier=f"{NAME}:{addr_str(*host)}-{channel['destination']}-{channel['transport']}/{dport}", evidence=evidence, grade=grade)
+    identifier = f"{NAME}:{addr_str(*host)}-{channel['destination']}-{channel['transport']}/{dport}"
+    return Alert(rule=NAME, start_ns=first_block, end_ns=max(end, last_block), src=host,
+                 dst=(dhi, dlo) if dhi or dlo else None, dport=dport, transport=transport, score=score,
+                 techniques=techniques, identifier=identifier, evidence=evidence, grade=grade)
