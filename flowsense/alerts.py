@@ -88,8 +88,8 @@ def route(alerts: list[Alert], min_score: float, suppress_window_s: float, allow
     return kept
 
 
-def write_jsonl(alerts: list[Alert], path) -> None:
-    with open(path, "w") as out:
+def write_jsonl(alerts: list[Alert], path, append: bool = False) -> None:
+    with open(path, "a" if append else "w") as out:
         for a in alerts:
             out.write(json.dumps(a.to_json(), separators=(", ", ": "), default=_plain) + "\n")
 

@@ -202,6 +202,43 @@ class LiveDenies:
         self.out.close()
 
 
+class LiveDetection:
+    """The detectors over collected records, one window of wall time at a time: each window's
+    findings are appended to alerts.jsonl; an identifier already reported within the suppression
+    window is not repeated by later windows."""
+
+    def __init__(self, config: Config, out_dir: Path):
+        self.config, self.path = config, out_dir / "alerts.jsonl"
+        self.path.touch()
+        self.reported: dict[str, int] = {}
+        self.alerts = 0
+        self._start()
+
+    def _start(self):
+        from flowsense.detection import Detection
+        self.detection, self.opened = Detection(self.config, grade="flows"), time.time()
+
+    def add(self, records):
+        from flowsense.pipeline import flow_rows
+        self.detection.add_flows(flow_rows(records))
+
+    def due(self) -> bool:
+        return time.time() - self.opened >= self.config.collect.detect_every_s
+
+    def run(self, denies=None):
+        from flowsense.alerts import write_jsonl
+        from flowsense.detection import Denies
+
+        found, _ = self.detection.finish(Denies.of(denies.reader) if denies else None)
+        window = int(self.config.alerts.suppress_window_s * 1e9)
+        new = [a for a in found if a.start_ns - self.reported.get(a.identifier, -(2**62)) > window]
+        for a in new:
+            self.reported[a.identifier] = a.end_ns
+        write_jsonl(new, self.path, append=True)
+        self.alerts += len(new)
+        self._start()
+
+
 def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] = (), deny_logs: list[str] = (),
             deny_format: str | None = None, stop: threading.Event | None = None) -> dict:
     import numpy as np
@@ -223,6 +260,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
                             rotate_s)
     denies = LiveDenies(config, out_dir, list(syslog), list(deny_logs), deny_format, rotate_s) \
         if syslog or deny_logs else None
+    detection = LiveDetection(config, out_dir)
     saved = out_dir / TEMPLATES_FILE
     restored = 0
     if saved.exists():
@@ -237,6 +275,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
                   "uptime_s": round(time.time() - started, 1),
                   "listeners": {lst.name: lst.stats() for lst in listeners},
                   "flows": flows.rows, "files": flows.files, "templates_restored": restored,
+                  "alerts": detection.alerts,
                   "denylog": denies.stats() if denies else None,
                   "exporters": decoder.stats(), "config": to_toml(config)}
         (out_dir / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -256,6 +295,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
         if rows:
             rows = np.concatenate(rows)
             flows.write(nflow_table(rows))
+            detection.add(rows)
             if denies:
                 denies.flush(rows[rows["fw_event"] == FW_DENIED])
         return bool(batch)
@@ -265,6 +305,8 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
             decode_batch(0.2)
             if denies:
                 denies.flush()
+            if detection.due():
+                detection.run(denies)
             if time.time() - last_stats >= STATS_EVERY_S:
                 stats()
                 last_stats = time.time()
@@ -276,7 +318,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
         if denies:
             denies.close()
         flows.close()
-        (out_dir / "alerts.jsonl").touch()
+        detection.run(denies)
         return stats()  # while the sockets are still open, so their kernel drop counts can be read
     finally:
         flows.close()

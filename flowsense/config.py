@@ -45,6 +45,8 @@ class DenylogConfig:
 @dataclass(frozen=True)
 class CollectConfig:
     rotate_s: float = knob(3600.0, "flowsense collect starts a new flows-<time>.parquet this often", 1.0)
+    detect_every_s: float = knob(900.0, "flowsense collect runs the detectors over the records of this much wall "
+                                 "time (and at stop), appending to alerts.jsonl", 1.0)
 
 
 @dataclass(frozen=True)

@@ -104,6 +104,11 @@ def test_collect_agrees_with_nfdump(tmp_path, version):
     assert len(rows) == len(expected) > 500
     assert collections.Counter(map(flowsense_key, rows)) == collections.Counter(expected)
     assert {r["version"] for r in rows} == {version}
+    # the same detectors run on the records (grade "flows"): the demo's port scan shows in flows too
+    alerts = [json.loads(line) for line in (tmp_path / "fs" / "alerts.jsonl").read_text().splitlines()]
+    assert stats["alerts"] == len(alerts)
+    assert {a["flowsense"]["evidence_grade"] for a in alerts} == {"flows"}
+    assert any(a["rule"]["id"] == "scan" and a["source"]["ip"] == "198.18.10.54" for a in alerts), alerts
 
 
 def test_bad_listen_address_is_a_usage_error():
