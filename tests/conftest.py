@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -54,6 +56,21 @@ def flows_of(path, **flow_config):
         out += list(meter.update(batch.packets))
     out += list(meter.flush())
     return (np.concatenate(out) if out else FLOW.empty(0)), meter
+
+
+def netns_unusable() -> str | None:
+    """Why network-namespace tests cannot run here (None when they can)."""
+    if os.geteuid() != 0:
+        return "needs root (network namespaces, nftables, NFLOG)"
+    if shutil.which("ip") is None:
+        return "iproute2 'ip' not installed"
+    try:
+        probe = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired) as err:
+        return f"'ip netns' not usable: {err}"
+    if probe.returncode != 0:
+        return f"'ip netns' not usable: {probe.stderr.strip()}"
+    return None
 
 
 def run_cli(*args, cwd=None, timeout=300) -> subprocess.CompletedProcess:

@@ -28,6 +28,8 @@ from flowsense.denylog.base import Deny, Skip
 from flowsense.denylog.framing import TimeContext
 from flowsense.denylog.reader import parse_line
 
+from conftest import netns_unusable
+
 VENDORS = (iptables, ulogd_json)
 WAIT = 10.0  # seconds: the bound on every wait in this test
 
@@ -180,23 +182,9 @@ def _lines(path: Path) -> list[str]:
     return [line for line in path.read_text(errors="replace").splitlines() if line.strip()] if path.exists() else []
 
 
-def _netns_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, nftables, NFLOG)"
-    if shutil.which("ip") is None:
-        return "iproute2 'ip' not installed"
-    try:
-        probe = _run("ip", "netns", "list", check=False)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"'ip netns' not usable: {err}"
-    if probe.returncode != 0:
-        return f"'ip netns' not usable: {probe.stderr.strip()}"
-    return None
-
-
 @pytest.mark.netns
 def test_nft_nflog_ulogd_logemu_and_json(tmp_path):
-    reason = _netns_usable()
+    reason = netns_unusable()
     if reason:
         pytest.skip(reason)
     for tool, pkg in (("nft", "nftables"), ("ulogd", "ulogd2")):

@@ -68,26 +68,14 @@ import numpy as np
 
 from flowsense.config import BeaconConfig
 from flowsense.features._kernels import bowley_skew_sorted, mad_sorted, quantile_sorted
+from flowsense.flows.table import mix64 as _mix
 
 EVENT = np.dtype([("ts", "i8"), ("hash", "u8"), ("bytes", "u4"), ("side", "u1")])
 PROBE = 8
 COUNTERS = ("payload_packets", "bursts", "evicted")
 C_PACKETS, C_BURSTS, C_EVICTED = range(3)
 
-_M1 = np.uint64(0xFF51AFD7ED558CCD)
-_M2 = np.uint64(0xC4CEB9FE1A85EC53)
-_S33 = np.uint64(33)
 _S56 = np.uint64(56)
-
-
-@nb.njit(cache=True, inline="always")
-def _mix(x):
-    x ^= x >> _S33
-    x *= _M1
-    x ^= x >> _S33
-    x *= _M2
-    x ^= x >> _S33
-    return x
 
 
 _K1 = np.uint64(0x9E3779B97F4A7C15)

@@ -44,6 +44,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from flowsense.flows.table import mix64 as _mix
+
 # message families (the request type names the family)
 FAM_ECHO, FAM_TIMESTAMP, FAM_INFO, FAM_MASK = 0, 1, 2, 3
 FAMILIES = ("echo", "timestamp", "information", "address_mask")
@@ -105,9 +107,6 @@ N_META = 10
 META_NAMES = ("conversations", "free_slots", "free_histograms", "retired", "icmp_packets", "created",
               "eviction_passes", "evicted", "retired_dropped", "histogram_pool_exhausted")
 
-_M1 = np.uint64(0xFF51AFD7ED558CCD)
-_M2 = np.uint64(0xC4CEB9FE1A85EC53)
-_S33 = np.uint64(33)
 _FNV_OFF = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
 # ring entry: valid bit 63 | echo sequence bits 47-62 | request verdict (class << 4 | pattern) bits 40-46 |
@@ -123,16 +122,6 @@ HANS_MAGICS = np.array([int.from_bytes(m.encode(), "big") for m in
 W_TUNL = np.uint64(int.from_bytes(b"TUNL", "big"))
 W_PTUNNEL = np.uint64(0xD5200880)
 W_PTUNNEL_NG = np.uint64(0xDEADC0DE)
-
-
-@nb.njit(cache=True, inline="always")
-def _mix(x):
-    x ^= x >> _S33
-    x *= _M1
-    x ^= x >> _S33
-    x *= _M2
-    x ^= x >> _S33
-    return x
 
 
 @nb.njit(cache=True, inline="always")

@@ -37,7 +37,9 @@ _S33 = np.uint64(33)
 
 
 @nb.njit(cache=True, inline="always")
-def _mix(x):
+def mix64(x):
+    """A 64-bit finaliser (MurmurHash3 fmix64): every input bit flips about half the output bits,
+    so open-addressing tables stay evenly filled; shared by every Numba hash table."""
     x ^= x >> _S33
     x *= _M1
     x ^= x >> _S33
@@ -48,7 +50,7 @@ def _mix(x):
 
 @nb.njit(cache=True, inline="always")
 def _endpoint(hi, lo, port):
-    return _mix(_mix(hi) ^ lo ^ np.uint64(port))
+    return mix64(mix64(hi) ^ lo ^ np.uint64(port))
 
 
 @nb.njit(cache=True, inline="always")
@@ -80,7 +82,7 @@ def _key_hash(shi, slo, dhi, dlo, sp, dp, proto, icmp):
         ea = _endpoint(shi, slo, sp)
         eb = _endpoint(dhi, dlo, dp)
         extra = np.uint64(0)
-    return np.uint32(_mix((ea + eb) ^ _mix(ea ^ eb) ^ (np.uint64(proto) << np.uint64(32)) ^ extra)
+    return np.uint32(mix64((ea + eb) ^ mix64(ea ^ eb) ^ (np.uint64(proto) << np.uint64(32)) ^ extra)
                      & np.uint64(0xFFFFFFFF))
 
 

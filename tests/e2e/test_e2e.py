@@ -32,6 +32,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import lab as labmod
+from conftest import netns_unusable
 
 pytestmark = pytest.mark.e2e
 
@@ -44,20 +45,6 @@ TOOLS = {"ip": "iproute2", "nft": "nftables", "ulogd": "ulogd2", "tcpdump": "tcp
          "dig": "bind9-dnsutils", "timeout": "coreutils"}
 MALICIOUS = [s for s in labmod.SCENARIOS if not s.benign]
 BENIGN = [s for s in labmod.SCENARIOS if s.benign]
-
-
-def _netns_usable() -> str | None:
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, nftables, NFLOG)"
-    if shutil.which("ip") is None:
-        return "iproute2 'ip' not installed"
-    try:
-        probe = subprocess.run(["ip", "netns", "list"], check=False, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.TimeoutExpired) as err:
-        return f"'ip netns' not usable: {err}"
-    if probe.returncode != 0:
-        return f"'ip netns' not usable: {probe.stderr.strip()}"
-    return None
 
 
 def _tail(path: Path, n: int = 40) -> str:
@@ -84,7 +71,7 @@ def lab_dir(tmp_path_factory) -> Path:
         out = Path(reuse)
         assert (out / "labels.jsonl").exists(), f"FLOWSENSE_E2E_LAB={reuse}: no labels.jsonl there"
         return out
-    reason = _netns_usable()
+    reason = netns_unusable()
     if reason:
         pytest.skip(reason)
     missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
