@@ -16,6 +16,7 @@ from flowsense.alerts import Alert, route
 from flowsense.config import Config
 from flowsense.decode.packets import Decoded
 from flowsense.features.app import label_apps
+from flowsense.features.names import ResolvedNames
 from flowsense.nets import AddressSet
 from flowsense.schema import DENY, FLOW
 
@@ -60,6 +61,7 @@ class Evidence:
     flows: np.ndarray           # FLOW rows in start-time order, ``app`` set
     denies: Denies
     features: dict              # detector name -> its Features instance (packet grade only)
+    names: ResolvedNames = field(default_factory=ResolvedNames)  # DNS answers: (client, address) -> domain
     found: list[Alert] = field(default_factory=list)   # alerts of the detectors that ran before
 
     @property
@@ -76,9 +78,11 @@ class Detection:
         self.features = {d.NAME: d.Features(self.context) for d in DETECTORS
                          if grade == "packets" and hasattr(d, "Features")}
         self._flows: list[np.ndarray] = []
+        self.names = ResolvedNames()
 
     def update(self, batch: Decoded) -> None:
         """Feed one decoded batch to the packet-grade extractors."""
+        self.names.update(batch)
         for extractor in self.features.values():
             extractor.update(batch)
 
@@ -92,7 +96,7 @@ class Detection:
         """Run every detector; returns the routed alerts and per-detector counts for stats."""
         flows = np.concatenate(self._flows) if self._flows else FLOW.empty(0)
         flows = flows[np.argsort(flows["ts"], kind="stable")]
-        ev = Evidence(self.context, self.grade, flows, denies or Denies(), self.features)
+        ev = Evidence(self.context, self.grade, flows, denies or Denies(), self.features, self.names)
         counts = {}
         for detector in self.detectors:
             found = detector.detect(ev)

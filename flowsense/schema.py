@@ -110,6 +110,8 @@ DNS = Schema("dns", [
     Field("msg_len", "u4", "DNS message length (UDP payload, or TCP length prefix)"),
     Field("qname_off", "u4", "offset of the first question name in the batch blob"),
     Field("qname_len", "u2", "length of the name (labels joined by '.', raw bytes)"),
+    *_addr("answer", "first A/AAAA address in the answer section (0 when none)"),
+    Field("answers", "u1", "A/AAAA records in the first MAX_ANSWERS answers"),
     Field("weird", "u4", "weird bits (flowsense.weird.WEIRDS)"),
 ])
 

@@ -336,3 +336,47 @@ def test_dnscat2_polling_through_a_public_resolver_is_a_beacon(tmp_path, corpus)
                               "dnscat2-dns-tunnel-via-resolver_ndpi.pcap"), "beacon")
     assert [(a["destination"]["ip"], a["destination"]["port"]) for a in found] == [("4.2.2.4", 53)]
     assert abs(found[0]["flowsense"]["evidence"]["period_s"] - 1.0) < 0.05
+
+
+def test_beacon_names_its_domain_and_honours_the_domain_allowlist(tmp_path):
+    """DNS answers tie the beacon's address to a registered domain: the evidence names it, and an
+    allowlisted domain (an update service, say) silences the alert."""
+    import json
+
+    from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, Ether, Raw, wrpcap
+
+    from flowsense.config import AllowlistConfig, Config
+    from flowsense.pipeline import analyze
+
+    cli, srv, resolver = "10.9.0.5", "198.51.100.66", "10.9.0.1"
+    e = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    name = "api.updates-demo.test"
+    pkts = []
+    q = DNS(id=1, rd=1, qd=DNSQR(qname=name))
+    a = DNS(id=1, qr=1, rd=1, ra=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, type="A", rdata=srv, ttl=60))
+    for t, p in ((0.5, e / IP(src=cli, dst=resolver) / UDP(sport=40000, dport=53) / q),
+                 (0.51, e / IP(src=resolver, dst=cli) / UDP(sport=53, dport=40000) / a)):
+        p.time = t
+        pkts.append(p)
+    for k in range(20):
+        t, sport = 1.0 + 30.0 * k, 41000 + k
+        for dt, p in ((0, e / IP(src=cli, dst=srv) / TCP(sport=sport, dport=443, flags="S", seq=1)),
+                      (0.01, e / IP(src=srv, dst=cli) / TCP(sport=443, dport=sport, flags="SA", seq=9, ack=2)),
+                      (0.02, e / IP(src=cli, dst=srv) / TCP(sport=sport, dport=443, flags="PA", seq=2, ack=10)
+                       / Raw(b"\x16\x03\x01" + bytes(200))),
+                      (0.03, e / IP(src=srv, dst=cli) / TCP(sport=443, dport=sport, flags="PA", seq=10, ack=205)
+                       / Raw(b"\x16\x03\x03" + bytes(120))),
+                      (0.04, e / IP(src=cli, dst=srv) / TCP(sport=sport, dport=443, flags="FA", seq=205, ack=133)),
+                      (0.05, e / IP(src=srv, dst=cli) / TCP(sport=443, dport=sport, flags="FA", seq=133, ack=206))):
+            p.time = t + dt
+            pkts.append(p)
+    wrpcap(str(tmp_path / "b.pcap"), pkts)
+
+    def beacons(config, out):
+        analyze([str(tmp_path / "b.pcap")], config, tmp_path / out, quiet=True)
+        return [a for a in map(json.loads, (tmp_path / out / "alerts.jsonl").read_text().splitlines())
+                if a["rule"]["id"] == "beacon"]
+
+    found = beacons(Config(), "plain")
+    assert len(found) == 1 and found[0]["flowsense"]["evidence"]["domain"] == "updates-demo.test"
+    assert beacons(Config(allowlist=AllowlistConfig(domains=("updates-demo.test",))), "allowed") == []

@@ -103,3 +103,26 @@ def test_demo_capture_fallback_story(tmp_path):
     story = next(lb for lb in labels if lb["rule"] == "deny_fallback")
     alerts = of_rule(alerts_of(tmp_path, pcap=PCAPS / "demo-egress.pcap"), "deny_fallback")
     assert [(a["source"]["ip"], a["destination"]["ip"]) for a in alerts] == [(story["src"], story["dst"])]
+
+
+def _resolve(t, name, addr, resolver="10.20.0.1"):
+    from scapy.all import DNS, DNSQR, DNSRR
+    from detect_helpers import UDP
+    q = DNS(id=7, rd=1, qd=DNSQR(qname=name))
+    a = DNS(id=7, qr=1, rd=1, ra=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, type="A", rdata=addr, ttl=60))
+    return [at(t, frame(HOST, resolver, UDP(sport=5353 + int(t), dport=53) / q)),
+            at(t + 0.01, frame(resolver, HOST, UDP(sport=53, dport=5353 + int(t)) / a))]
+
+
+def test_fallback_to_another_address_of_the_same_registered_domain(tmp_path):
+    """Blocked on c2.evil-demo.test's address, the host resolves backup.evil-demo.test to another
+    address and talks to it on a new port: tied together by the DNS answers."""
+    other = "203.0.113.77"
+    pkts = _background() + _resolve(90.0, "c2.evil-demo.test", C2) + _blocked_by_resets()
+    pkts += _resolve(130.0, "backup.evil-demo.test", other)
+    pkts += tcp_exchange(140.0, HOST, other, 50300, 8443, out=TLS_HELLO, back=TLS_REPLY)
+    alerts = of_rule(alerts_of(tmp_path, pkts), "deny_fallback")
+    assert len(alerts) == 1
+    ev = alerts[0]["flowsense"]["evidence"]
+    assert alerts[0]["destination"]["ip"] == other
+    assert "same_registered_domain" in ev["score_parts"] and ev["fallback"]["domain"] == "evil-demo.test"

@@ -14,12 +14,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import corpus_captures, decode_file, flows_of
 
 FIELDS = ["frame.number", "frame.protocols", "ip.src", "ip.dst", "ip.proto", "ipv6.src", "ipv6.dst",
           "tcp.srcport", "tcp.dstport", "udp.srcport", "udp.dstport", "sctp.srcport", "sctp.dstport",
-          "dns.qry.name", "_ws.malformed", "ipv6.fraghdr.nxt"]
+          "dns.qry.name", "_ws.malformed", "ipv6.fraghdr.nxt", "dns.flags.response", "dns.a", "dns.aaaa"]
 TRANSPORTS = {"tcp": 6, "udp": 17, "sctp": 132, "icmp": 1, "icmpv6": 58, "esp": 50, "ah": 51, "gre": 47, "ip": 4,
               "ipv6": 41}
 PREFS = ["-o", "ip.defragment:FALSE", "-o", "ipv6.defragment:FALSE", "-o", "tcp.desegment_tcp_streams:FALSE",
@@ -79,7 +78,9 @@ def differential(corpus):
         by_frame = {int(n): i for i, n in enumerate(pk["frame_no"])}
         dns_by_frame = {int(f): names[i] for i, f in enumerate(dn["frame_no"])}
         dns_weird = {int(f): int(w) for f, w in zip(dn["frame_no"], dn["weird"])}
-        results[path] = (tshark[path], pk, src, dst, by_frame, dns_by_frame, dns_weird)
+        has = dn[dn["answers"] > 0]
+        answers = dict(zip(has["frame_no"].tolist(), addr_text(has["answer_hi"], has["answer_lo"]).to_pylist()))
+        results[path] = (tshark[path], pk, src, dst, by_frame, dns_by_frame, dns_weird, answers)
     return results
 
 
@@ -126,7 +127,7 @@ def well_formed_dns(row: dict) -> bool:
 
 def test_dns_names_agree_on_well_formed_packets(differential):
     checked, mismatches = 0, []
-    for path, (rows, pk, src, dst, by_frame, dns_names, dns_weird) in differential.items():
+    for path, (rows, pk, src, dst, by_frame, dns_names, dns_weird, _answers) in differential.items():
         for row in rows:
             if not well_formed_dns(row):
                 continue
@@ -137,6 +138,22 @@ def test_dns_names_agree_on_well_formed_packets(differential):
             if name is None or dns_weird[frame] or name.decode("utf-8", "backslashreplace") != expected:
                 mismatches.append(f"{path.name}#{frame}: tshark {expected!r} flowsense {name!r}")
     assert checked > 10_000, checked
+    assert not mismatches, f"{len(mismatches)} of {checked}:\n" + "\n".join(mismatches[:30])
+
+
+def test_dns_answer_addresses_agree(differential):
+    """The first A/AAAA answer flowsense keeps is the first address tshark shows for the response."""
+    checked, mismatches = 0, []
+    for path, (rows, *_rest, answers) in differential.items():
+        for row in rows:
+            frame = int(row["frame.number"])
+            if frame not in answers or not well_formed_dns(row):
+                continue
+            checked += 1
+            if answers[frame] not in (row["dns.a"], row["dns.aaaa"]):
+                mismatches.append(f"{path.name}#{frame}: tshark {row['dns.a']!r}/{row['dns.aaaa']!r} "
+                                  f"flowsense {answers[frame]!r}")
+    assert checked > 100, checked
     assert not mismatches, f"{len(mismatches)} of {checked}:\n" + "\n".join(mismatches[:30])
 
 

@@ -1,4 +1,4 @@
-"""DNS message header and first question (RFC 1035), for UDP and TCP alike.
+"""DNS message header, first question and the first address answer (RFC 1035), UDP and TCP alike.
 
 The name is copied into the batch blob as raw label bytes joined by '.'; compression pointers
 are followed at most ``MAX_POINTER_HOPS`` times and names are capped at 255 bytes, so hostile
@@ -7,12 +7,13 @@ messages cost bounded work."""
 import numba as nb
 import numpy as np
 
-from flowsense.decode.bytes import u16
+from flowsense.decode.bytes import u16, u32, u64
 from flowsense.weird import BIT
 
 DNS_PORTS = (53, 5353, 5355)
 MAX_POINTER_HOPS = 16
 MAX_NAME = 255
+MAX_ANSWERS = 16  # answer records walked per response (CNAME chains, several addresses)
 
 W_TRUNC_HEADER = 1 << BIT["truncated_DNS_header"]
 W_NAME_TRUNC = 1 << BIT["DNS_name_truncated"]
@@ -102,4 +103,45 @@ def parse_dns(b, msg, end, msg_len, d, blob, bp):
         else:
             d.qtype = u16(b, after)
             d.qclass = u16(b, after + 2)
+            if d.qr and d.qdcount == 1 and d.ancount:
+                _answers(b, end, after + 4, min(np.int64(d.ancount), MAX_ANSWERS), d)
     return n
+
+
+@nb.njit(cache=True, inline="always")
+def _skip_name(b, end, pos):
+    """Offset after the (possibly compressed) name at ``pos``, or -1 when it runs past the end."""
+    while pos < end:
+        length = np.int64(b[pos])
+        if length == 0:
+            return pos + 1
+        if length & 0xC0 == 0xC0:
+            return pos + 2 if pos + 2 <= end else -1
+        if length & 0xC0:
+            return -1
+        pos += 1 + length
+    return -1
+
+
+@nb.njit(cache=True)
+def _answers(b, end, pos, count, d):
+    """Record the first A/AAAA address among the first ``count`` answer records (which address
+    a client was told a name has: flows to it can then be tied to the name)."""
+    for _ in range(count):
+        pos = _skip_name(b, end, pos)
+        if pos < 0 or pos + 10 > end:
+            return
+        rtype, rdlen = u16(b, pos), np.int64(u16(b, pos + 8))
+        data = pos + 10
+        if data + rdlen > end:
+            return
+        if (rtype == 1 and rdlen == 4) or (rtype == 28 and rdlen == 16):
+            if d.answers == 0:
+                if rtype == 1:
+                    d.answer_hi = 0
+                    d.answer_lo = np.uint64(0xFFFF00000000) | np.uint64(u32(b, data))
+                else:
+                    d.answer_hi = u64(b, data)
+                    d.answer_lo = u64(b, data + 8)
+            d.answers += 1
+        pos = data + rdlen

@@ -262,6 +262,9 @@ def detect(ev) -> list[Alert]:
         r0 = fl[members[0]]
         src, dst = (int(r0["orig_hi"]), int(r0["orig_lo"])), (int(r0["resp_hi"]), int(r0["resp_lo"]))
         proto, port = int(r0["proto"]), int(r0["resp_p"])
+        domain = ev.names.domain_of(src, dst)
+        if domain and ctx.domain_allowed(domain):
+            continue
         transport = "tcp" if proto == 6 else "udp"
         apps, app_counts = np.unique(fl["app"][members], return_counts=True)
         app = APPS[int(apps[np.argmax(app_counts)])]
@@ -293,6 +296,7 @@ def detect(ev) -> list[Alert]:
             "first_start": iso(origin + round(float(row[O_FIRST]) * 1e9)),
             "last_start": iso(origin + round(float(row[O_LAST]) * 1e9)),
             "app": app,
+            "domain": domain,
             "histogram_bins": int(row[O_BINS]) if np.isfinite(row[O_BINS]) else None,
             "thresholds": thresholds,
             "score_formula": "periodicity x mean(timestamp, size, histogram, duration)"

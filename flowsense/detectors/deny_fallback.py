@@ -3,7 +3,7 @@
 A host is *blocked* when a firewall log denies it, or the traffic shows it (features.blocks).  A
 later working channel from the same host within ``[fallback].window_s`` is scored by what makes a
 fallback different from ordinary traffic:
-  same destination as the blocked attempt   +0.30
+  same destination as the blocked attempt   +0.30 (same registered domain, from DNS answers: +0.25)
   transport switch to ICMP                  +0.25 (and +0.25 more with an icmp_tunnel finding)
   DNS tunnel finding from the host          +0.50
   pairing the host never used before        +0.15
@@ -115,6 +115,7 @@ def detect(ev) -> list[Alert]:
             known = ctx.baseline.pairings.host_knows(f["orig_hi"][mine], f["orig_lo"][mine], keys[mine])
             used_before |= set(keys[mine][known].tolist())
         blocked_dsts = {(int(h), int(lo)) for h, lo in zip(episode["dst_hi"], episode["dst_lo"]) if h or lo}
+        blocked_domains = {ev.names.domain_of(host, d) for d in blocked_dsts} - {None}
         blocked_channels = {(int(h), int(lo), int(p), int(d)) for h, lo, p, d in
                             zip(episode["dst_hi"], episode["dst_lo"], episode["proto"], episode["dport"])}
         later = np.flatnonzero(mine & worked & (f["ts"] >= first_block - skew_here) & (f["ts"] <= last_block + window))
@@ -134,6 +135,9 @@ def detect(ev) -> list[Alert]:
             same_dst = (dhi, dlo) in blocked_dsts
             if same_dst:
                 parts["same_destination"] = 0.30
+            elif blocked_domains and ev.names.domain_of(host, (dhi, dlo)) in blocked_domains:
+                parts["same_registered_domain"] = 0.25
+                same_dst = True
             if proto in (1, 58) and not (episode["proto"] == proto).all():
                 parts["transport_switch_icmp"] = 0.25
                 if any(a.dst == (dhi, dlo) for a in found_by.get(("icmp_tunnel", host), [])):
@@ -194,6 +198,7 @@ def _alert(ev, host, episode, score, start, ch, rows, parts, results, first_bloc
         techniques, transport, dport = ("T1071.004", "T1572"), dns_alert.transport, 53
     else:
         channel = _channel_text(ch, f, rows)
+        channel["domain"] = ev.names.domain_of(host, (dhi, dlo))
         techniques = ("T1095",) if proto in (1, 58) else ("T1571",)
         transport, dport = PROTO_TEXT.get(proto, str(proto)), port or None
     evidence = {

@@ -199,10 +199,19 @@ def dns_table(d: np.ndarray, blob: np.ndarray, files: list[str]) -> pa.Table:
                                               "nscount", "arcount")},
         "qname": strings(_names(blob, d["qname_off"], d["qname_len"])),
         **{name: column(d[name]) for name in ("qtype", "qclass", "msg_len", "weird")},
+        "answers": column(d["answers"]),
+        "answer_h": _answer_text(d),
         "file": labels(files, d["file_id"]),
         "frame_no": column(d["frame_no"]),
     }
     return pa.Table.from_arrays(list(cols.values()), names=list(cols))
+
+
+def _answer_text(d: np.ndarray) -> pa.Array:
+    """The first A/AAAA answer as text, null when the response carried none."""
+    text = addr_text(d["answer_hi"], d["answer_lo"])
+    valid = pa.py_buffer(np.packbits(d["answers"] > 0, bitorder="little"))
+    return pa.Array.from_buffers(pa.string(), len(d), [valid, *text.buffers()[1:]])
 
 
 def deny_table(rows: np.ndarray, text: dict[str, list[str]], sources: list[str]) -> pa.Table:
