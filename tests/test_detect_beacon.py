@@ -380,3 +380,46 @@ def test_beacon_names_its_domain_and_honours_the_domain_allowlist(tmp_path):
     found = beacons(Config(), "plain")
     assert len(found) == 1 and found[0]["flowsense"]["evidence"]["domain"] == "updates-demo.test"
     assert beacons(Config(allowlist=AllowlistConfig(domains=("updates-demo.test",))), "allowed") == []
+
+
+def test_beacon_across_rotating_addresses_of_one_domain(tmp_path):
+    """A C2 whose name resolves to a different address each time: no single address sees a
+    regular series, the (client, registered domain) series does."""
+    import json
+    import random
+
+    from scapy.all import DNS, DNSQR, DNSRR, IP, TCP, UDP, Ether, Raw, wrpcap
+
+    from flowsense.config import Config
+    from flowsense.pipeline import analyze
+
+    rng = random.Random(7)
+    cli, resolver = "10.9.0.6", "10.9.0.1"
+    pool = ["198.51.100.10", "198.51.100.11", "198.51.100.12", "198.51.100.13"]
+    e = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+    pkts = []
+
+    def add(t, p):
+        p.time = t
+        pkts.append(p)
+
+    for k in range(24):
+        t, addr, name = 1.0 + 45.0 * k * rng.uniform(0.995, 1.005), rng.choice(pool), f"n{k}.cdn-rotor.test"
+        add(t, e / IP(src=cli, dst=resolver) / UDP(sport=30000 + k, dport=53) / DNS(id=k, rd=1, qd=DNSQR(qname=name)))
+        add(t + 0.01, e / IP(src=resolver, dst=cli) / UDP(sport=53, dport=30000 + k) /
+            DNS(id=k, qr=1, rd=1, ra=1, qd=DNSQR(qname=name), an=DNSRR(rrname=name, type="A", rdata=addr, ttl=5)))
+        sport = 42000 + k
+        add(t + 0.02, e / IP(src=cli, dst=addr) / TCP(sport=sport, dport=443, flags="S", seq=1))
+        add(t + 0.03, e / IP(src=addr, dst=cli) / TCP(sport=443, dport=sport, flags="SA", seq=9, ack=2))
+        add(t + 0.04, e / IP(src=cli, dst=addr) / TCP(sport=sport, dport=443, flags="PA", seq=2, ack=10)
+            / Raw(b"\x16\x03\x01" + bytes(180)))
+        add(t + 0.05, e / IP(src=addr, dst=cli) / TCP(sport=443, dport=sport, flags="FA", seq=10, ack=185))
+        add(t + 0.06, e / IP(src=cli, dst=addr) / TCP(sport=sport, dport=443, flags="FA", seq=185, ack=11))
+    wrpcap(str(tmp_path / "r.pcap"), pkts)
+    analyze([str(tmp_path / "r.pcap")], Config(), tmp_path / "out", quiet=True)
+    beacons = [a for a in map(json.loads, (tmp_path / "out" / "alerts.jsonl").read_text().splitlines())
+               if a["rule"]["id"] == "beacon"]
+    by_domain = [a for a in beacons if a["flowsense"]["identifier"] == "beacon:10.9.0.6-domain:cdn-rotor.test"]
+    assert len(by_domain) == 1, beacons
+    ev = by_domain[0]["flowsense"]["evidence"]
+    assert ev["addresses"] == 4 and 44 < ev["period_s"] < 46 and "destination" not in by_domain[0]

@@ -325,4 +325,66 @@ def detect(ev) -> list[Alert]:
             score=min(1.0, max(0.0, score)), evidence=evidence, name=name,
             identifier=f"beacon:{addr_str(*src)}-{addr_str(*dst)}-{transport}/{port}",
             grade="packets" if kind == SESSION else "flows"))
+    alerts += _domain_beacons(ev, fl, start, origin, w1, params, floor, thresholds, alerts)
     return alerts
+
+
+def _domain_beacons(ev, fl, start, origin, w1, params, floor, thresholds, done) -> list[Alert]:
+    """Series of connection starts per (orig, registered domain) over every address the client
+    was given for it (DNS answers): a C2 behind rotating addresses beacons to one domain, not one
+    address.  Reported only when the series spans several addresses and no per-address beacon of
+    that host already names the domain."""
+    dom = ev.names.lookup(fl["orig_hi"], fl["orig_lo"], fl["resp_hi"], fl["resp_lo"])
+    idx = np.flatnonzero(start & (dom >= 0))
+    if not len(idx):
+        return []
+    idx = idx[np.lexsort((fl["ts"][idx], dom[idx], fl["orig_lo"][idx], fl["orig_hi"][idx]))]
+    new = np.zeros(len(idx), np.bool_)
+    for col in (dom[idx], fl["orig_lo"][idx], fl["orig_hi"][idx]):
+        new[1:] |= col[1:] != col[:-1]
+    new[0] = True
+    gid = np.zeros(len(fl), np.int64)
+    gid[idx] = np.cumsum(new) - 1
+    bounds = np.searchsorted(gid[idx], np.arange(int(gid[idx][-1]) + 2))
+    times, sizes, counts, _kinds, keys, _flows = _groups(idx, gid[idx], ev.config.beacon.min_connections,
+                                                         (fl["ts"][idx] - origin) / 1e9, fl["orig_bytes"][idx],
+                                                         CONNECTIONS, gid, with_flow=False)
+    if not len(counts):
+        return []
+    offsets = np.zeros(len(counts) + 1, np.int64)
+    offsets[1:] = np.cumsum(counts)
+    res = score_series(times, sizes, offsets, 0.0, w1, params)
+    named = {(a.src, a.evidence.get("domain")) for a in done}
+    out = []
+    for g, row in zip(keys.tolist(), res):
+        if row[O_SCORE] < floor:
+            continue
+        members = idx[bounds[g]:bounds[g + 1]]
+        r0 = fl[members[0]]
+        src = (int(r0["orig_hi"]), int(r0["orig_lo"]))
+        domain = ev.names.domains[int(dom[members[0]])]
+        addresses = np.unique(fl[members][["resp_hi", "resp_lo"]])
+        if row[O_ELIG] <= 0 or len(addresses) < 2 or (src, domain) in named \
+                or ev.context.domain_allowed(domain):
+            continue
+        ports, port_counts = np.unique(fl["resp_p"][members], return_counts=True)
+        port = int(ports[np.argmax(port_counts)])
+        transport = "tcp" if int(r0["proto"]) == 6 else "udp"
+        evidence = {
+            "series": "connections to a registered domain", "domain": domain,
+            "addresses": len(addresses), "sample_addresses": [addr_str(int(a[0]), int(a[1])) for a in addresses[:5]],
+            "check_ins": int(row[O_N]), "period_s": _r(row[O_PERIOD], 3), "jitter_s": _r(row[O_JS], 3),
+            "jitter_ratio": _r(row[O_JR]),
+            "subscores": {name: _r(row[col], 3) for name, col in
+                          (("timestamp", O_TS), ("size", O_DS), ("histogram", O_HIST), ("duration", O_DUR),
+                           ("periodicity", O_PER)) if np.isfinite(row[col])},
+            "first_start": iso(origin + round(float(row[O_FIRST]) * 1e9)),
+            "last_start": iso(origin + round(float(row[O_LAST]) * 1e9)),
+            "thresholds": thresholds,
+        }
+        out.append(Alert(rule=NAME, start_ns=origin + round(float(row[O_FIRST]) * 1e9),
+                         end_ns=origin + round(float(row[O_LAST]) * 1e9), src=src, dst=None, dport=port,
+                         transport=transport, score=min(1.0, float(row[O_SCORE])), evidence=evidence,
+                         name=f"Beaconing to {domain} every {row[O_PERIOD]:.3g} s across {len(addresses)} addresses",
+                         identifier=f"beacon:{addr_str(*src)}-domain:{domain}", grade="flows"))
+    return out
