@@ -9,6 +9,7 @@ what another found (deny_fallback) reads ``evidence.found``, filled in registry 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 
@@ -17,6 +18,7 @@ from flowsense.config import Config
 from flowsense.decode.packets import Decoded
 from flowsense.features.app import label_apps
 from flowsense.features.names import ResolvedNames
+from flowsense.features.pairing import Pairings
 from flowsense.nets import AddressSet
 from flowsense.schema import DENY, FLOW
 
@@ -67,6 +69,14 @@ class Evidence:
     @property
     def config(self) -> Config:
         return self.context.config
+
+    @cached_property
+    def pairing_reference(self) -> tuple[Pairings, str]:
+        """Which pairings hosts use, and where that comes from: the baseline when one was given,
+        else this run's own flows (built once, shared by the detectors that judge rarity)."""
+        if self.context.baseline is not None:
+            return self.context.baseline.pairings, f"baseline {self.context.baseline.meta.get('file')}"
+        return Pairings.of_flows(self.flows), "this capture (no baseline given)"
 
 
 class Detection:

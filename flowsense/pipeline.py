@@ -7,6 +7,7 @@ the captures still being read, so memory stays at about one batch per capture.
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 import time
@@ -293,18 +294,26 @@ def nsel_denies(rows: np.ndarray, source: int) -> tuple[np.ndarray, dict[str, li
     return out, {"vendor": ["cisco_nsel"] * len(denied), "device": exporters, "rule": [""] * len(denied)}
 
 
+@functools.cache
+def _icmp_families() -> np.ndarray:
+    """The flow meter's ICMP key family per (ICMPv4 | ICMPv6, type), as a lookup table."""
+    from flowsense.flows.table import icmp_family
+    return np.array([[icmp_family(proto, t) for t in range(256)] for proto in (1, 58)], np.uint16)
+
+
 def flow_rows(records: np.ndarray) -> np.ndarray:
     """NetFlow/IPFIX records as FLOW rows for the detectors: one-way (originator = source),
     counters scaled by the sampling rate, no payload (``app`` none), TCP progress from the flags."""
-    from flowsense.flows.table import ST_SYNACK, icmp_family
+    from flowsense.flows.table import ST_SYNACK
     from flowsense.schema import FLOW
 
     f = FLOW.empty(len(records))
     for a, b in (("orig", "src"), ("resp", "dst")):
         f[f"{a}_hi"], f[f"{a}_lo"] = records[f"{b}_hi"], records[f"{b}_lo"]
     icmp = np.isin(records["proto"], (1, 58))
-    f["orig_p"] = np.where(icmp, [icmp_family(p, t) for p, t in zip(records["proto"], records["icmp_type"])]
-                           if icmp.any() else 0, records["sport"])
+    families = _icmp_families()
+    f["orig_p"] = np.where(icmp, families[(records["proto"] == 58).astype(np.intp), records["icmp_type"]],
+                           records["sport"])
     f["resp_p"] = np.where(icmp, 0, records["dport"])
     for name in ("ts", "last_ts", "proto", "icmp_type", "icmp_code"):
         f[name] = records[name]

@@ -24,7 +24,7 @@ import numpy as np
 from flowsense.alerts import Alert, iso
 from flowsense.features import blocks as b
 from flowsense.features.app import APPS
-from flowsense.features.pairing import Pairings, pairing_keys
+from flowsense.features.pairing import pairing_keys
 from flowsense.flows.table import ST_SYNACK
 from flowsense.nets import addr_str
 
@@ -89,7 +89,7 @@ def detect(ev) -> list[Alert]:
     events = b.block_events(f, ev.denies.rows, quotes.rows() if quotes is not None else None)
     if not len(events):
         return []
-    reference = ctx.baseline.pairings if ctx.baseline is not None else Pairings.of_flows(f)
+    reference, _source = ev.pairing_reference
     confidence = min(1.0, reference.hosts / ev.config.pairing.confident_hosts)
     rare_cut = max(1.0, ev.config.pairing.rare_fraction * reference.hosts)
     keys = pairing_keys(f)
@@ -211,8 +211,7 @@ def _alert(ev, host, episode, score, start, ch, rows, parts, results, first_bloc
         "other_channels": [_channel_text(r[2], f, r[3]) for r in results[1:6] if r[3]],
         "thresholds": {"window_s": cfg.window_s, "clock_skew_s": cfg.clock_skew_s, "min_attempts": cfg.min_attempts,
                        "scan_ports": cfg.scan_ports},
-        "rarity_reference": (f"baseline {ev.context.baseline.meta.get('file')}" if ev.context.baseline is not None
-                             else "this capture (no baseline given)"),
+        "rarity_reference": ev.pairing_reference[1],
     }
     grade = "logs" if kinds.get("deny_log") and len(kinds) == 1 and ev.grade == "flows" else ev.grade
     end = int(f["last_ts"][rows].max()) if rows else dns_alert.end_ns

@@ -16,7 +16,7 @@ import numpy as np
 
 from flowsense.alerts import Alert
 from flowsense.features.app import APPS, DNS, NTP, PROMISED, STANDARD, STANDARD_PORTS, UNKNOWN
-from flowsense.features.pairing import Pairings, pairing_keys
+from flowsense.features.pairing import pairing_keys
 from flowsense.flows.table import ST_MIDSTREAM
 from flowsense.nets import AddressSet, addr_str
 
@@ -77,10 +77,7 @@ def detect(ev) -> list[Alert]:
     if not len(f):
         return []
     cfg, ctx = ev.config.pairing, ev.context
-    if ctx.baseline is not None:
-        reference, source = ctx.baseline.pairings, f"baseline {ctx.baseline.meta.get('file')}"
-    else:
-        reference, source = Pairings.of_flows(f), "this capture (no baseline given)"
+    reference, source = ev.pairing_reference
     keys = pairing_keys(f)
     prevalence = reference.prevalence(keys)
     bits = reference.rarity_bits(prevalence, cfg.alpha)

@@ -40,6 +40,8 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
+from flowsense.flows.table import mix64
+
 # --- columns of the per-key integer matrix ----------------------------------------------------
 (C_ROWS, C_Q, C_R, C_UNIQ, C_UBYTES, C_NX, C_RLARGE, C_RMAX, C_NAME_SUM, C_NAME_MAX, C_LABEL_MAX,
  C_FIRST_MAX, C_LONG_NAME, C_LONG_FIRST, C_LONG_ANY, C_TCP, C_ENC, C_SAT, C_FIRST_TS, C_LAST_TS,
@@ -81,8 +83,7 @@ ENC_MIN_NORM_ENTROPY = 0.7
 
 _FNV_OFF = np.uint64(0xCBF29CE484222325)
 _FNV_PRIME = np.uint64(0x100000001B3)
-_M1 = np.uint64(0xBF58476D1CE4E5B9)
-_M2 = np.uint64(0x94D049BB133111EB)
+_M1 = np.uint64(0xBF58476D1CE4E5B9)  # odd multiplier that spreads the server address into the key
 _SEED = np.uint64(0x9E3779B97F4A7C15)
 
 
@@ -94,14 +95,6 @@ def _fnv(label: bytes) -> int:
 
 
 ARPA_HASH = np.uint64(_fnv(b"arpa"))     # reverse-lookup names (in-addr.arpa, ip6.arpa)
-
-
-@nb.njit(cache=True, inline="always")
-def _mix(x):
-    """splitmix64 finaliser."""
-    x = (x ^ (x >> np.uint64(30))) * _M1
-    x = (x ^ (x >> np.uint64(27))) * _M2
-    return x ^ (x >> np.uint64(31))
 
 
 @nb.njit(cache=True, inline="always")
@@ -135,7 +128,7 @@ def _suffixes(lhash, count, sh):
     h = _SEED
     sh[0] = h
     for k in range(1, count + 1):
-        h = _mix(h ^ lhash[count - k])
+        h = mix64(h ^ lhash[count - k])
         sh[k] = h
 
 
@@ -335,7 +328,7 @@ def _charset(blob, off, n, hist, reverse, case_random):
 @nb.njit(cache=True, inline="always")
 def _key_slot(keys, used, chi, clo, dom, shi, slo, win):
     """Slot of the key, or the empty slot where it goes (then used[slot] is False)."""
-    h = _mix(_mix(_mix(chi ^ _SEED) ^ clo) ^ dom) ^ _mix(shi ^ (slo * _M1) ^ np.uint64(win))
+    h = mix64(mix64(mix64(chi ^ _SEED) ^ clo) ^ dom) ^ mix64(shi ^ (slo * _M1) ^ np.uint64(win))
     mask = keys.shape[0] - 1
     i = np.int64(h & np.uint64(mask))
     while used[i]:
@@ -500,8 +493,8 @@ def aggregate(dns, blob, start, params, psl_keys, psl_flags, maxlabel, keys, use
             continue
         sub = _SEED ^ np.uint64(sub_len)      # the subdomain's labels, from their hashes
         for j in range(count - reg if not direct else count):
-            sub = _mix(sub ^ lhash[j])
-        if not _set_insert(set_keys, set_serial, _mix(sub ^ _mix(np.uint64(serial) + _SEED)), serial):
+            sub = mix64(sub ^ lhash[j])
+        if not _set_insert(set_keys, set_serial, mix64(sub ^ mix64(np.uint64(serial) + _SEED)), serial):
             continue
         state[S_SET] += 1
         row[C_UNIQ] += 1

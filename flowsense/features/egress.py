@@ -34,7 +34,7 @@ from __future__ import annotations
 import numba as nb
 import numpy as np
 
-from flowsense.flows.table import ST_SYN, ST_SYNACK
+from flowsense.flows.table import ST_SYN, ST_SYNACK, mix64
 from flowsense.weird import BIT
 
 W_TCP_DAMAGED = (1 << BIT["truncated_TCP_header"]) | (1 << BIT["bad_TCP_header_len"])
@@ -64,11 +64,7 @@ for _b, (_flags, _win) in enumerate(OS_PROBES):
 
 @nb.njit(cache=True, inline="always")
 def _hash(hi, lo):
-    x = hi * np.uint64(0x9E3779B97F4A7C15) ^ lo
-    x ^= x >> np.uint64(33)
-    x *= np.uint64(0xFF51AFD7ED558CCD)
-    x ^= x >> np.uint64(33)
-    return x
+    return mix64(hi * np.uint64(0x9E3779B97F4A7C15) ^ lo)
 
 
 @nb.njit(cache=True)
