@@ -48,9 +48,13 @@ class Baseline:
     def save(self, path: str | Path) -> None:
         meta = {**self.meta, "schema_version": SCHEMA_VERSION, "hosts": self.pairings.hosts}
         meta.pop("file", None)
-        with reading(f"baseline file {path}"), open(path, "wb") as out:
-            np.savez_compressed(out, host_pairs=self.pairings.host_pairs,
-                                meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        try:
+            with open(path, "wb") as out:
+                np.savez_compressed(out, host_pairs=self.pairings.host_pairs,
+                                    meta=np.frombuffer(json.dumps(meta).encode(), np.uint8))
+        except OSError as err:
+            raise InputError(f"cannot write baseline file {path} ({err.strerror}); choose a writable path with -o") \
+                from None
 
     @classmethod
     def load(cls, path: str | Path) -> Baseline:

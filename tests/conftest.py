@@ -58,6 +58,14 @@ def flows_of(path, **flow_config):
     return (np.concatenate(out) if out else FLOW.empty(0)), meter
 
 
+def require_netns(extra_reason: str | None = None) -> None:
+    """Skip a namespace test where namespaces cannot work (not root, no iproute2) — but fail under
+    CI (CI set in the environment), where a skip would hide that the test never ran."""
+    reason = extra_reason or netns_unusable()
+    if reason:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(reason)
+
+
 def netns_unusable() -> str | None:
     """Why network-namespace tests cannot run here (None when they can)."""
     if os.geteuid() != 0:

@@ -22,13 +22,12 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
+from conftest import require_netns
 
 from flowsense.denylog import iptables, ulogd_json
 from flowsense.denylog.base import Deny, Skip
 from flowsense.denylog.framing import TimeContext
 from flowsense.denylog.reader import parse_line
-
-from conftest import netns_unusable
 
 VENDORS = (iptables, ulogd_json)
 WAIT = 10.0  # seconds: the bound on every wait in this test
@@ -184,9 +183,7 @@ def _lines(path: Path) -> list[str]:
 
 @pytest.mark.netns
 def test_nft_nflog_ulogd_logemu_and_json(tmp_path):
-    reason = netns_unusable()
-    if reason:
-        pytest.skip(reason)
+    require_netns()
     for tool, pkg in (("nft", "nftables"), ("ulogd", "ulogd2")):
         assert shutil.which(tool), f"{tool} not installed (Debian package {pkg})"
 
@@ -196,7 +193,7 @@ def test_nft_nflog_ulogd_logemu_and_json(tmp_path):
     try:
         add = _run("ip", "netns", "add", NS_C, check=False)
         if add.returncode != 0:
-            pytest.skip(f"'ip netns add' not usable here: {add.stderr.strip()}")
+            require_netns(f"'ip netns add' not usable here: {add.stderr.strip()}")
         made_ns.append(NS_C)
         _run("ip", "netns", "add", NS_S)
         made_ns.append(NS_S)

@@ -153,3 +153,8 @@ def test_config_default_is_documented():
                     "egress", "fallback"):
         assert f"[{section}]" in text
     assert Config() == load(None)
+
+
+def test_unwritable_baseline_output_is_an_output_error(tmp_path):
+    result = run_cli("baseline", "build", DEMO, "-o", tmp_path / "missing-folder" / "b.npz")
+    assert result.returncode == 3 and "cannot write baseline file" in result.stderr

@@ -32,7 +32,7 @@ import pytest
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import lab as labmod
-from conftest import netns_unusable
+from conftest import require_netns
 
 pytestmark = pytest.mark.e2e
 
@@ -71,9 +71,7 @@ def lab_dir(tmp_path_factory) -> Path:
         out = Path(reuse)
         assert (out / "labels.jsonl").exists(), f"FLOWSENSE_E2E_LAB={reuse}: no labels.jsonl there"
         return out
-    reason = netns_unusable()
-    if reason:
-        pytest.skip(reason)
+    require_netns()
     missing = [f"{tool} ({pkg})" for tool, pkg in TOOLS.items() if shutil.which(tool) is None]
     assert not missing, f"lab tools not installed: {', '.join(missing)}; run scripts/setup.sh --test"
     out = tmp_path_factory.mktemp("e2e-lab")
