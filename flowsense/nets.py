@@ -3,6 +3,7 @@ conversions between those columns and text."""
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 
 import numpy as np
@@ -16,10 +17,14 @@ def to_halves(text: str) -> tuple[int, int]:
     return value >> 64, value & 0xFFFFFFFFFFFFFFFF
 
 
+@functools.lru_cache(maxsize=1 << 16)
 def addr_str(hi: int, lo: int) -> str:
-    """Text form of one address column pair (IPv4-mapped addresses print as IPv4)."""
-    addr = ipaddress.IPv6Address((int(hi) << 64) | int(lo))
-    return str(addr.ipv4_mapped or addr)
+    """Text form of one address column pair (IPv4-mapped addresses print as IPv4).  Cached: the
+    alert path names the same few hosts many times."""
+    hi, lo = int(hi), int(lo)
+    if hi == 0 and lo >> 32 == 0xFFFF:
+        return f"{lo >> 24 & 255}.{lo >> 16 & 255}.{lo >> 8 & 255}.{lo & 255}"
+    return str(ipaddress.IPv6Address((hi << 64) | lo))
 
 
 class AddressSet:

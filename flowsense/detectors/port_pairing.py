@@ -105,12 +105,18 @@ def detect(ev) -> list[Alert]:
     bounds = np.searchsorted(inverse.ravel()[order], np.arange(len(groups) + 1))
     first_seen_by_host = ~reference.host_knows(f["orig_hi"], f["orig_lo"], keys) if ctx.baseline is not None \
         else None
+    # per-group totals in one pass each (members of a group are contiguous in ``order``)
+    members_sorted, starts = hits[order], bounds[:-1]
+    n_flows = np.diff(bounds)
+    orig_bytes = np.add.reduceat(f["orig_bytes"][members_sorted], starts)
+    resp_bytes = np.add.reduceat(f["resp_bytes"][members_sorted], starts)
+    first_ts = np.minimum.reduceat(f["ts"][members_sorted], starts)
+    last_ts = np.maximum.reduceat(f["last_ts"][members_sorted], starts)
     alerts = []
     for g, row in enumerate(groups):
-        members = hits[order[bounds[g]:bounds[g + 1]]]
         i = hits[first[g]]
         v = int(row["verdict"])
-        if v == RARE and len(members) < RARE_MIN_FLOWS:
+        if v == RARE and n_flows[g] < RARE_MIN_FLOWS:
             continue
         bonus = RARITY_BONUS * confidence if rare[i] else 0.0
         score = min(1.0, BASE_SCORE[v] + bonus + (0.3 * confidence if v == RARE else 0.0))
@@ -120,9 +126,9 @@ def detect(ev) -> list[Alert]:
             "app": APPS[app],
             "standard_ports_for_app": list(STANDARD_PORTS[APPS[app]][0]) if APPS[app] in STANDARD_PORTS else [],
             "port_promises": APPS[PROMISED[int(proto == 17), port]] if PROMISED[int(proto == 17), port] else None,
-            "flows": len(members),
-            "orig_bytes": int(f["orig_bytes"][members].sum()),
-            "resp_bytes": int(f["resp_bytes"][members].sum()),
+            "flows": int(n_flows[g]),
+            "orig_bytes": int(orig_bytes[g]),
+            "resp_bytes": int(resp_bytes[g]),
             "orig_first_bytes_hex": _hex(f["orig_head"][i], f["orig_head_len"][i]),
             "resp_first_bytes_hex": _hex(f["resp_head"][i], f["resp_head_len"][i]),
             "prevalence": {"hosts_using_pairing": int(prevalence[i]), "hosts_in_reference": reference.hosts,
@@ -136,7 +142,7 @@ def detect(ev) -> list[Alert]:
             evidence["first_use_by_host"] = bool(first_seen_by_host[i])
         src, dst = (int(row["orig_hi"]), int(row["orig_lo"])), (int(row["resp_hi"]), int(row["resp_lo"]))
         alerts.append(Alert(
-            rule=NAME, start_ns=int(f["ts"][members].min()), end_ns=int(f["last_ts"][members].max()), src=src,
+            rule=NAME, start_ns=int(first_ts[g]), end_ns=int(last_ts[g]), src=src,
             dst=dst, sport=None, dport=port, transport="tcp" if proto == 6 else "udp", score=score,
             identifier=f"{NAME}:{addr_str(*src)}-{addr_str(*dst)}-{proto}/{port}-{APPS[app]}",
             name=_name(app, proto, port, v), evidence=evidence, grade=ev.grade))
