@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
                    "(`flowsense baseline build`); without one, rarity is judged within the capture itself")
     a.add_argument("--out", metavar="DIR", type=Path,
                    help="output folder (default: a new folder named after the first capture)")
+    a.add_argument("--no-report", action="store_true", help="skip report.html (it takes about a second)")
     a.add_argument("--quiet", action="store_true", help="print nothing but errors")
     a.add_argument("--json", action="store_true", help="print stats.json to stdout instead of the summary")
 
@@ -65,6 +66,31 @@ def _parser() -> argparse.ArgumentParser:
     e.add_argument("--labels", required=True, metavar="LABELS.jsonl", help="labels: src, start, end, rule, analytics")
     e.add_argument("--slack-s", type=float, default=5.0, help="widen label windows by this much (default 5 s)")
     e.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    r = sub.add_parser("report", help="write DIR/report.html for an output folder",
+                       description="Build a self-contained HTML report (summary, alerts, plots) from an output "
+                                   "folder of analyze, sense or collect.")
+    r.add_argument("dir", metavar="DIR", type=Path, help="output folder")
+    r.add_argument("--pcap", action="append", default=[], metavar="CAPTURE",
+                   help="the analysed capture, if it moved (for per-packet plots; repeatable)")
+    r.add_argument("--quiet", action="store_true", help="print nothing but errors")
+
+    q = sub.add_parser("query", help="SQL (DuckDB) over an output folder's flows, dns, denies and alerts",
+                       description="Run one SQL statement over the folder's tables: flows, dns, denies, alerts "
+                                   "(alerts.evidence is JSON: json_extract(evidence, '$.period_s')).")
+    q.add_argument("dir", metavar="DIR", type=Path, help="output folder")
+    q.add_argument("sql", metavar="SQL", help='e.g. "SELECT rule, src, score FROM alerts ORDER BY score DESC"')
+    fmt = q.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print rows as JSON objects, one per line")
+    fmt.add_argument("--csv", action="store_true", help="print rows as CSV with a header")
+
+    x = sub.add_parser("explain", help="one alert's reason, evidence and key packets (dissected by tshark)",
+                       description="Show why an alert fired; with the capture at hand, dissect its key packets.")
+    x.add_argument("dir", metavar="DIR", type=Path, help="output folder")
+    x.add_argument("alert_id", metavar="ALERT_ID", help="the alert's identifier (or a unique part of it)")
+    x.add_argument("--pcap", action="append", default=[], metavar="CAPTURE",
+                   help="the analysed capture, if it moved (repeatable)")
+    x.add_argument("--json", action="store_true", help="print the alert, reason and packets as JSON")
 
     c = sub.add_parser("config", help="show configuration")
     c.add_argument("action", choices=["show"])
@@ -141,10 +167,78 @@ def _analyze(args) -> int:
         baseline = Baseline.load(args.baseline) if args.baseline else None
         stats = analyze(args.pcaps, config, out_dir, args.deny_log, quiet=args.quiet or args.json,
                         deny_format=args.deny_format, baseline=baseline)
+    if not args.no_report:
+        from flowsense.pipeline import write_stats
+        from flowsense.report import write_report
+        stats["outputs"]["report.html"] = str(write_report(out_dir, args.pcaps))
+        write_stats(out_dir, stats)
     if args.json:
         print(json.dumps(stats, indent=2))
     elif not args.quiet:
         print(_netflow_summary(stats, out_dir) if args.netflow else _summary(stats, out_dir))
+    return 0
+
+
+def _report(args) -> int:
+    from flowsense.report import write_report
+
+    path = write_report(args.dir, args.pcap)
+    if not args.quiet:
+        print(f"flowsense report: {path}")
+    return 0
+
+
+def _query(args) -> int:
+    import csv
+
+    from flowsense.results import query
+
+    columns, rows = query(args.dir, args.sql)
+    if args.json:
+        for row in rows:
+            print(json.dumps(dict(zip(columns, row)), default=_text))
+    elif args.csv:
+        out = csv.writer(sys.stdout)
+        out.writerow(columns)
+        out.writerows([[_text(v) for v in row] for row in rows])
+    elif columns:
+        print(_grid(columns, [[_text(v) for v in row] for row in rows]))
+    return 0
+
+
+def _text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, datetime):
+        return value.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    return str(value)
+
+
+def _grid(columns: list[str], rows: list[list[str]]) -> str:
+    """Rows as aligned text columns (numbers to the right), with the row count below."""
+    widths = [max([len(c)] + [len(r[k]) for r in rows]) for k, c in enumerate(columns)]
+    numeric = [all(_is_number(r[k]) for r in rows if r[k]) for k in range(len(columns))]
+
+    def line(cells):
+        return "  ".join(c.rjust(w) if num else c.ljust(w) for c, w, num in zip(cells, widths, numeric)).rstrip()
+    return "\n".join([line(columns), line(["-" * w for w in widths])] + [line(r) for r in rows]
+                     + [f"({len(rows)} row{'s' if len(rows) != 1 else ''})"])
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
+
+
+def _explain(args) -> int:
+    from flowsense.explain import explain
+
+    print(explain(args.dir, args.alert_id, args.pcap, args.json))
     return 0
 
 
@@ -214,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"analyze": _analyze, "collect": _collect, "config": _config, "baseline": _baseline,
-                "eval": _eval}[args.command](args)
+                "eval": _eval, "report": _report, "query": _query, "explain": _explain}[args.command](args)
     except FlowsenseError as err:
         print(f"flowsense: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -95,6 +95,10 @@ class Totals:
             self.links[int(link)] = self.links.get(int(link), 0) + int(count)
 
 
+def write_stats(out_dir: Path, stats: dict) -> None:
+    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+
+
 def default_out_dir(first: Path) -> Path:
     """A new folder in the working directory named after the first capture."""
     stem = first.name.split(".")[0] or "capture"
@@ -243,7 +247,7 @@ def analyze(paths: list[str], config: Config, out_dir: Path, deny_logs: list[str
         "outputs": {name: str(out_dir / name) for name in ("flows.parquet", "dns.parquet", "alerts.jsonl",
                                                            "stats.json") + (("deny.parquet",) if denies else ())},
     }
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_stats(out_dir, stats)
     return stats
 
 
@@ -400,5 +404,5 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
         "outputs": {name: str(out_dir / name) for name in ("flows.parquet", "alerts.jsonl", "stats.json")
                     + (("deny.parquet",) if denies else ())},
     }
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_stats(out_dir, stats)
     return stats
