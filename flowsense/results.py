@@ -8,6 +8,7 @@ Views: ``flows`` (every flows*.parquet, rotated files included), ``dns``, ``deni
 
 from __future__ import annotations
 
+import functools
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,16 +71,20 @@ class Results:
         return sorted(self.dir.glob(_FILES[table]))
 
     def connect(self):
-        """An in-memory DuckDB with the folder's views; a table with no file is an empty view with the
-        columns its file would have, so queries bind either way."""
+        """An in-memory DuckDB with the folder's views.  Each view has every column its table can have
+        (a table with no file is an empty view), so queries bind whatever wrote the folder."""
         import duckdb
 
         con = duckdb.connect()
         con.execute("SET TimeZone = 'UTC'")
         for table in ("flows", "dns", "denies"):
+            # every column the table can have, whichever writer made the files (NetFlow records lack `app`)
             files = ", ".join(_sql_text(str(p)) for p in self.files(table))
-            source = f"read_parquet([{files}], union_by_name = true)" if files else _empty_source(table)
-            con.execute(f"CREATE VIEW {table} AS SELECT * FROM {source}")
+            source = (f"(SELECT * FROM read_parquet([{files}], union_by_name = true) "
+                      f"UNION ALL BY NAME SELECT * FROM {_empty_source(table)})" if files else _empty_source(table))
+            # microsecond timestamps: DuckDB's date functions (hour(), date_trunc() ...) take no _NS type
+            stamps = ", ".join(f'CAST("{c}" AS TIMESTAMPTZ) AS "{c}"' for c in _timestamps(table))
+            con.execute(f"CREATE VIEW {table} AS SELECT * REPLACE ({stamps}) FROM {source}")
         path = self.dir / "alerts.jsonl"
         columns = ", ".join(f"{_sql_text(k)}: {_sql_text(v)}" for k, v in ALERT_JSON.items())
         source = (f"read_json({_sql_text(str(path))}, format = 'newline_delimited', columns = {{{columns}}})"
@@ -126,6 +131,11 @@ def _empty_source(table: str) -> str:
     return "(SELECT " + ", ".join(f"NULL::{ARROW_TO_SQL[str(f.type)]} AS \"{f.name}\"" for f in schema) + " WHERE false)"
 
 
+def _timestamps(table: str) -> list[str]:
+    return [f.name for f in _empty_table(table).schema if str(f.type).startswith("timestamp")]
+
+
+@functools.cache
 def _empty_table(table: str):
     import numpy as np
 
@@ -154,6 +164,6 @@ def query(out_dir: str | Path, sql: str) -> tuple[list[str], list[tuple]]:
         first = str(err).splitlines()[0]
         raise UsageError(f"query failed: {first} (tables: {', '.join(TABLES)}; "
                          "see their columns with: DESCRIBE flows)")
-    if cur.description is None:
+    if cur is None or cur.description is None:
         return [], []
     return [d[0] for d in cur.description], cur.fetchall()

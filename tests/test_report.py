@@ -218,3 +218,21 @@ def test_explain_json_and_missing_capture(demo, tmp_path):
     assert result.returncode == 2 and "matches 5 alerts" in result.stderr
     result = run_cli("explain", demo, "no-such-alert")
     assert result.returncode == 2 and "SELECT id FROM alerts" in result.stderr
+
+
+def test_report_and_query_on_a_netflow_folder(tmp_path):
+    """Flow-record folders have other columns (no `app`, one-way records): the views still bind."""
+    from conftest import CORPUS
+
+    out = tmp_path / "nf"
+    capture = CORPUS / "netflow" / "derived" / "logstash-codec-netflow_all-vendors_udp-wrapped.pcap"
+    result = run_cli("analyze", "--netflow", capture, "--out", out)
+    assert result.returncode == 0, result.stderr
+    stats = json.loads((out / "stats.json").read_text())
+    text = (out / "report.html").read_text()
+    assert all(f'id="{s}"' in text for s in SECTIONS) and f"<td>{stats['flows']:,}</td>" in text
+    result = run_cli("query", out, "SELECT count(*) AS n, count(app) AS apps, count(DISTINCT exporter) AS e FROM flows",
+                     "--json")
+    row = json.loads(result.stdout)
+    exporting = [e for e, c in stats["exporters"].items() if c.get("records")]
+    assert row["n"] == stats["flows"] > 0 and row["apps"] == 0 and row["e"] == len(exporting)

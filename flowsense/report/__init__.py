@@ -153,7 +153,8 @@ def _talkers(con) -> str:
 
 def _pairings(con) -> str:
     rows = con.execute("SELECT proto, resp_p, app, count(DISTINCT orig_h) AS hosts, count(*) AS flows, "
-                       "min(orig_h) AS example FROM flows WHERE proto IN ('tcp', 'udp') AND resp_pkts > 0 "
+                       "min(orig_h) AS example FROM flows WHERE proto IN ('tcp', 'udp') "
+                       "AND (resp_pkts > 0 OR end_reason = 'exported') "   # answered, or a one-way NetFlow record
                        "GROUP BY proto, resp_p, app ORDER BY hosts, flows DESC, proto, resp_p, app LIMIT 15").fetchall()
     if not rows:
         return "<p>No answered TCP/UDP flows.</p>"
