@@ -52,6 +52,23 @@ def _parser() -> argparse.ArgumentParser:
     n.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-collect"),
                    help="output folder (default: ./flowsense-collect; files are added, never overwritten)")
 
+    s = sub.add_parser("sense", help="capture live from interfaces (SPAN port) until SIGINT/SIGTERM",
+                       description="Capture with AF_PACKET (TPACKET_V3 ring) into flows, DNS, alerts and stats; "
+                                   "SIGHUP reloads the config.")
+    s.add_argument("--iface", action="append", default=[], metavar="IFACE",
+                   help="interface to capture from (repeatable; adds to [sense].interfaces)")
+    s.add_argument("--bpf", metavar="FILTER", help='kernel capture filter in tcpdump syntax, e.g. "not port 22"')
+    s.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
+                   help="also receive firewall deny logs by syslog (UDP and TCP) on this address (repeatable)")
+    s.add_argument("--deny-log", action="append", default=[], metavar="FILE",
+                   help="also follow this firewall log file (new lines, across rotation; repeatable)")
+    s.add_argument("--deny-format", metavar="VENDOR", default="auto", help="vendor of the deny logs (default auto)")
+    s.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus /metrics address ('' for none; default "
+                   "[sense].metrics_listen, 127.0.0.1:9108)")
+    s.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file (re-read on SIGHUP)")
+    s.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-sense"),
+                   help="output folder (default: ./flowsense-sense; files are added, never overwritten)")
+
     b = sub.add_parser("baseline", help="learn a local baseline from captures of normal traffic",
                        description="Learn which port/protocol pairings each host uses (saved as .npz, no pickle).")
     b.add_argument("action", choices=["build"])
@@ -274,6 +291,19 @@ def _collect(args) -> int:
     return 0
 
 
+def _sense(args) -> int:
+    from flowsense import config as cfg
+    from flowsense.sense import sense
+
+    config = cfg.load(args.config)
+    stats = sense(args.iface, config, args.out, args.bpf, args.syslog, args.deny_log, args.deny_format,
+                  args.metrics, args.config)
+    drops = sum(i["kernel_drops"] for i in stats["interfaces"].values())
+    print(f"flowsense sense: {stats['packets']:,} packets, {stats['flows']:,} flows, "
+          f"{stats['detection']['alerts']:,} alerts, {drops:,} dropped by the kernel; {args.out}/stats.json")
+    return 0
+
+
 def _baseline(args) -> int:
     from flowsense import config as cfg
     from flowsense.baseline import Baseline
@@ -308,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"analyze": _analyze, "collect": _collect, "config": _config, "baseline": _baseline,
-                "eval": _eval, "report": _report, "query": _query, "explain": _explain}[args.command](args)
+                "eval": _eval, "sense": _sense, "report": _report, "query": _query, "explain": _explain}[args.command](args)
     except FlowsenseError as err:
         print(f"flowsense: error: {err}", file=sys.stderr)
         return err.exit_code

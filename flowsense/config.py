@@ -7,6 +7,7 @@ errors that list the valid ones.  ``flowsense config show --defaults`` prints th
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -47,6 +48,33 @@ class CollectConfig:
     rotate_s: float = knob(3600.0, "flowsense collect starts a new flows-<time>.parquet this often", 1.0)
     detect_every_s: float = knob(900.0, "flowsense collect runs the detectors over the records of this much wall "
                                  "time (and at stop), appending to alerts.jsonl", 1.0)
+
+
+@dataclass(frozen=True)
+class SenseConfig:
+    interfaces: tuple = knob((), "interfaces `flowsense sense` and `flowsense run` capture from (--iface adds more)")
+    bpf: str = knob("", "kernel BPF filter in tcpdump syntax (--bpf overrides), e.g. \"not port 22\"; empty: all")
+    snaplen: int = knob(65535, "bytes kept of each packet (headers, DNS and payload heads need a few hundred)", 96)
+    promiscuous: bool = knob(True, "put the interfaces in promiscuous mode (a mirror port carries others' frames)")
+    ring_block_kib: int = knob(1024, "TPACKET_V3 ring block size in KiB, a power of two", 4)
+    ring_blocks: int = knob(64, "blocks per interface ring (ring memory = blocks x block size)", 2)
+    block_timeout_ms: int = knob(100, "the kernel hands over a part-filled block after this long", 1)
+    fanout_group: int = knob(0, "PACKET_FANOUT group (1-65535): sensor processes on one interface with the same group "
+                                "share its flows by hash, each with its own --out; 0: no fanout", 0)
+    rotate_s: float = knob(3600.0, "start new flows-/dns-<time>.parquet files this often (wall time)", 1.0)
+    detect_every_s: float = knob(900.0, "run the detectors over this much packet time (and at stop), appending to "
+                                 "alerts.jsonl", 1.0)
+    window_flows: int = knob(2_000_000, "flow records kept for the next detection; more run it early (bounds memory)",
+                             1000)
+    stats_every_s: float = knob(5.0, "rewrite stats.json this often", 0.5)
+    metrics_listen: str = knob("127.0.0.1:9108", "HOST:PORT serving Prometheus /metrics; empty: no endpoint")
+    netflow_listen: tuple = knob((), "`flowsense run` also collects NetFlow/IPFIX on these HOST:PORT (into OUT/netflow)")
+    syslog_listen: tuple = knob((), "also take firewall deny logs by syslog (UDP and TCP) on these HOST:PORT")
+    deny_logs: tuple = knob((), "also follow these firewall log files (new lines, across rotation)")
+
+    def __post_init__(self):
+        if self.fanout_group > 65535:
+            raise UsageError(f"config: [sense].fanout_group must be 0-65535, got {self.fanout_group}")
 
 
 @dataclass(frozen=True)
@@ -251,6 +279,7 @@ class Config:
     pcap: PcapConfig = field(default_factory=PcapConfig)
     denylog: DenylogConfig = field(default_factory=DenylogConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
+    sense: SenseConfig = field(default_factory=SenseConfig)
     networks: NetworksConfig = field(default_factory=NetworksConfig)
     allowlist: AllowlistConfig = field(default_factory=AllowlistConfig)
     calendar: CalendarConfig = field(default_factory=CalendarConfig)
@@ -306,7 +335,7 @@ def load(path: str | Path | None) -> Config:
 
 
 def _toml_scalar(v) -> str:
-    return f'"{v}"' if isinstance(v, str) else repr(v)
+    return json.dumps(v) if isinstance(v, str) else repr(v)  # a JSON string is a valid TOML basic string
 
 
 def to_toml(config: Config) -> str:
@@ -317,8 +346,10 @@ def to_toml(config: Config) -> str:
         for spec in dataclasses.fields(value):
             lines.append(f"# {spec.metadata['doc']}")
             item = getattr(value, spec.name)
-            if isinstance(item, str):
-                lines.append(f'{spec.name} = "{item}"')
+            if isinstance(item, bool):
+                lines.append(f"{spec.name} = {'true' if item else 'false'}")
+            elif isinstance(item, str):
+                lines.append(f'{spec.name} = {_toml_scalar(item)}')
             elif isinstance(item, tuple):
                 lines.append(f"{spec.name} = [{', '.join(map(_toml_scalar, item))}]")
             elif isinstance(item, int) and not isinstance(item, bool):
