@@ -69,6 +69,13 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-sense"),
                    help="output folder (default: ./flowsense-sense; files are added, never overwritten)")
 
+    u = sub.add_parser("run", help="start every source a config file names (interfaces, NetFlow, syslog)",
+                       description="Run the sources of [sense] (interfaces, netflow_listen, syslog_listen, deny_logs) "
+                                   "until SIGINT/SIGTERM: the container's entry point.")
+    u.add_argument("-c", "--config", required=True, metavar="CONFIG.toml", help="configuration naming the sources")
+    u.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-run"),
+                   help="output folder (NetFlow records go to DIR/netflow; default ./flowsense-run)")
+
     b = sub.add_parser("baseline", help="learn a local baseline from captures of normal traffic",
                        description="Learn which port/protocol pairings each host uses (saved as .npz, no pickle).")
     b.add_argument("action", choices=["build"])
@@ -304,6 +311,20 @@ def _sense(args) -> int:
     return 0
 
 
+def _run(args) -> int:
+    from flowsense import config as cfg
+    from flowsense.sense import run_sources
+
+    done = run_sources(cfg.load(args.config), args.config, args.out)
+    if "sense" in done:
+        st = done["sense"]
+        print(f"flowsense run: {st['packets']:,} packets, {st['flows']:,} flows, {st['detection']['alerts']:,} "
+              f"alerts; {args.out}/stats.json")
+    else:
+        print(f"flowsense run: {done['netflow']['flows']:,} flow records; {args.out}/stats.json")
+    return 0
+
+
 def _baseline(args) -> int:
     from flowsense import config as cfg
     from flowsense.baseline import Baseline
@@ -338,7 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     try:
         return {"analyze": _analyze, "collect": _collect, "config": _config, "baseline": _baseline,
-                "eval": _eval, "sense": _sense, "report": _report, "query": _query, "explain": _explain}[args.command](args)
+                "eval": _eval, "sense": _sense, "run": _run, "report": _report, "query": _query, "explain": _explain}[args.command](args)
     except FlowsenseError as err:
         print(f"flowsense: error: {err}", file=sys.stderr)
         return err.exit_code

@@ -18,6 +18,7 @@ pipeline as `analyze`, for months at a time.
 
 from __future__ import annotations
 
+import gc
 import select
 import signal
 import socket
@@ -78,6 +79,8 @@ class PacketWindows:
         self.detection.context = Context(self.config, None)  # a reloaded config applies from now on
         found, _ = self.detection.finish(Denies.of(denies.reader) if denies else None)
         window = int(self.config.alerts.suppress_window_s * 1e9)
+        if self.opened_ns is not None:   # identifiers older than the suppression window cannot suppress
+            self.reported = {k: v for k, v in self.reported.items() if v >= self.opened_ns - window}
         new = [a for a in found if a.start_ns - self.reported.get(a.identifier, -(2**62)) > window]
         for a in new:
             self.reported[a.identifier] = a.end_ns
@@ -86,6 +89,10 @@ class PacketWindows:
         write_jsonl(new, self.path, append=True)
         self.alerts += len(new)
         self.windows += 1
+        # the finished window's feature tables sit in reference cycles, which the collector only
+        # reaches after many more container allocations: free them now, or each window adds its tables
+        self.detection = None
+        gc.collect()
         self._start()
 
 
@@ -159,7 +166,7 @@ def render_metrics(stats: dict) -> str:
 
 
 def _warm_up(decoder) -> None:
-    """Load the kernels before the rings start filling, so the first blocks do not wait on Numba."""
+    """Load (or compile) the kernels before the loop starts, so the first blocks do not wait on Numba."""
     from flowsense.schema import FRAME
     from flowsense.sources.span import walk_ring
 
@@ -210,11 +217,11 @@ class Sensor:
         from flowsense.sources.span import RingCapture
 
         s = self.config.sense
-        _warm_up(self.decoder)
         for k, name in enumerate(names):
             self.captures.append(RingCapture(name, k, s.snaplen, bpf, s.promiscuous, s.ring_block_kib,
                                              s.ring_blocks, s.block_timeout_ms, s.fanout_group))
             self.closers.append(self.captures[-1].close)
+        _warm_up(self.decoder)  # the rings hold what arrives meanwhile
         self.names = names
         self.per_iface = {name: {"packets": 0, "bytes": 0} for name in names}
         if metrics_listen:
@@ -328,6 +335,37 @@ class Sensor:
         for close in reversed(self.closers):
             close()
         self.closers = []
+
+
+def run_sources(config: Config, config_path: str, out_dir: Path) -> dict:
+    """`flowsense run`: every source the config names.  Interfaces (with the syslog and file deny
+    inputs) are sensed here; NetFlow listeners are collected by a `flowsense collect` child process
+    into OUT/netflow, stopped (SIGTERM, so it flushes) when the sensor stops."""
+    import subprocess
+    import sys
+
+    from flowsense.collect import collect
+
+    s = config.sense
+    if not s.interfaces and not s.netflow_listen:
+        raise UsageError(f"{config_path} names no source; set [sense].interfaces and/or [sense].netflow_listen")
+    if not s.interfaces:
+        return {"netflow": collect(list(s.netflow_listen), config, out_dir, list(s.syslog_listen), list(s.deny_logs))}
+    child = None
+    if s.netflow_listen:
+        listen = [arg for address in s.netflow_listen for arg in ("--listen", address)]
+        child = subprocess.Popen([sys.executable, "-m", "flowsense", "collect", *listen, "-c", config_path,
+                                  "--out", str(out_dir / "netflow")])
+    try:
+        return {"sense": sense([], config, out_dir, config_path=config_path)}
+    finally:
+        if child is not None:
+            child.terminate()
+            try:
+                child.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                child.kill()
+                child.wait()
 
 
 def _kernel(cap) -> dict:

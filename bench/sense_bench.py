@@ -1,0 +1,170 @@
+"""The highest replay rate each live capturer takes with zero loss on a veth pair, in one run.
+
+    python bench/sense_bench.py [--packets 200000] [--rates 50000,100000,...] [--json FILE]
+
+Needs root (a network namespace is created and removed), tcpreplay and tcpdump.  tcpreplay plays the
+synthetic benchmark capture (bench/gen_capture.py) into one end of a veth pair at each rate of the
+ladder; on the other end listens, one after the other, `flowsense sense`, `tcpdump -w` and nfstream
+(NFStreamer on the live interface).  A rate is taken when the capturer accounts for every packet
+tcpreplay sent: flowsense by its stats (packets, kernel drops), tcpdump by its own "captured" and
+"dropped by kernel" lines, nfstream by the packets in its flows.  First, tcpreplay's own ceiling
+through the veth (--topspeed) is measured: no capturer can take more than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+sys.path.insert(0, str(BENCH))
+NS = f"fs-bench-{os.getpid()}"
+LADDER = (25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 600_000, 800_000)
+
+
+def sh(*cmd, check=True, **kw):
+    return subprocess.run(["ip", "netns", "exec", NS, *map(str, cmd)], check=check, capture_output=True, text=True,
+                          **kw)
+
+
+def setup():
+    subprocess.run(["ip", "netns", "add", NS], check=True)
+    for cmd in ("ip link add va type veth peer name vb", "ip link set va up", "ip link set vb up",
+                "sysctl -qw net.ipv6.conf.all.disable_ipv6=1", "ethtool -K va tso off gso off gro off tx off",
+                "ethtool -K vb tso off gso off gro off tx off"):
+        sh(*cmd.split())
+
+
+def replay(capture: Path, rate: int | None) -> tuple[int, float]:
+    """Packets sent and the rate tcpreplay reports (packets/s)."""
+    out = sh("tcpreplay", "-i", "va", *(["--pps", rate] if rate else ["--topspeed"]), capture, timeout=900).stdout
+    sent = int(re.search(r"Successful packets:\s+(\d+)", out).group(1))
+    pps = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", out).group(1))
+    return sent, pps
+
+
+def wait_for(predicate, timeout_s=60):
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise TimeoutError
+        time.sleep(0.1)
+
+
+def flowsense_run(capture: Path, rate: int, tmp: Path) -> dict:
+    out = tmp / f"fs-{rate}"
+    t0 = time.time()
+    proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-m", "flowsense", "sense", "--iface", "vb",
+                             "--out", out, "--metrics", ""], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def ready():
+        try:
+            return json.loads((out / "stats.json").read_text())["started"] >= t0
+        except (OSError, ValueError):
+            return False
+    wait_for(ready)
+    sent, pps = replay(capture, rate)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=300)
+    stats = json.loads((out / "stats.json").read_text())
+    vb = stats["interfaces"]["vb"]
+    return {"sent": sent, "replay_pps": pps, "got": vb["packets"], "dropped": vb["kernel_drops"]}
+
+
+def tcpdump_run(capture: Path, rate: int, tmp: Path) -> dict:
+    proc = subprocess.Popen(["ip", "netns", "exec", NS, "tcpdump", "-i", "vb", "-w", tmp / "td.pcap", "-s", "0"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: (tmp / "td.pcap").exists())
+    sent, pps = replay(capture, rate)
+    time.sleep(0.5)
+    os.kill(proc.pid, signal.SIGINT)
+    err = proc.communicate(timeout=120)[1]
+    got = int(re.search(r"(\d+) packets captured", err).group(1))
+    dropped = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
+    return {"sent": sent, "replay_pps": pps, "got": got, "dropped": dropped}
+
+
+NFSTREAM_CHILD = """
+import json, signal, sys
+from nfstream import NFStreamer
+packets = 0
+streamer = NFStreamer(source="vb", idle_timeout=1, active_timeout=5)
+signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+print("ready", flush=True)
+try:
+    for flow in streamer:
+        packets += flow.bidirectional_packets
+except KeyboardInterrupt:
+    pass
+print(json.dumps({"packets": packets}), flush=True)
+"""
+
+
+def nfstream_run(capture: Path, rate: int, tmp: Path) -> dict:
+    proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", NFSTREAM_CHILD],
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    time.sleep(2.0)                           # nfstream starts its metering processes after the first flow
+    sent, pps = replay(capture, rate)
+    time.sleep(8.0)                           # idle timeout and export of the last flows
+    os.kill(proc.pid, signal.SIGTERM)
+    out = proc.communicate(timeout=120)[0].strip().splitlines()
+    got = json.loads(out[-1])["packets"] if out else 0
+    return {"sent": sent, "replay_pps": pps, "got": got, "dropped": max(sent - got, 0)}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--packets", type=int, default=200_000)
+    ap.add_argument("--rates", default=",".join(map(str, LADDER)))
+    ap.add_argument("--tools", default="flowsense,tcpdump,nfstream")
+    ap.add_argument("--json", metavar="FILE")
+    a = ap.parse_args(argv)
+    import gen_capture
+
+    tmp = Path(tempfile.mkdtemp(prefix="fs-sense-bench-"))
+    capture = tmp / "bench.pcap"
+    buf, _ = gen_capture.generate(a.packets, min(50_000, a.packets // 20), 1)
+    capture.write_bytes(buf.data)
+    setup()
+    results = {"packets": a.packets, "runs": {}}
+    try:
+        sent, ceiling = replay(capture, None)
+        results["tcpreplay_topspeed_pps"] = ceiling
+        print(f"tcpreplay --topspeed through the veth: {ceiling:,.0f} packets/s ({sent:,} packets)", flush=True)
+        runners = {"flowsense": flowsense_run, "tcpdump": tcpdump_run, "nfstream": nfstream_run}
+        for tool in a.tools.split(","):
+            best, runs = 0.0, []
+            for rate in map(int, a.rates.split(",")):
+                r = runners[tool](capture, rate, tmp)
+                runs.append({"rate": rate, **r})
+                lossless = r["dropped"] == 0 and r["got"] == r["sent"]
+                print(f"  {tool:10} {rate:>9,} pps asked, {r['replay_pps']:>11,.0f} played: {r['got']:,} of "
+                      f"{r['sent']:,} taken, {r['dropped']:,} dropped", flush=True)
+                if not lossless:
+                    break
+                best = max(best, r["replay_pps"])
+            results["runs"][tool] = {"best_lossless_pps": best, "ladder": runs}
+    finally:
+        subprocess.run(["ip", "netns", "del", NS], check=False)
+    print(f"\n| capturer | highest lossless replay rate (packets/s) | ratio to flowsense |\n|---|---:|---:|")
+    top = results["runs"].get("flowsense", {}).get("best_lossless_pps", 0)
+    for tool, r in results["runs"].items():
+        ratio = top / r["best_lossless_pps"] if r["best_lossless_pps"] else float("inf")
+        print(f"| {tool} | {r['best_lossless_pps']:,.0f} | {ratio:.2f} |")
+    print(f"| tcpreplay --topspeed (ceiling) | {results['tcpreplay_topspeed_pps']:,.0f} | |")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
