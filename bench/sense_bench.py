@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 BENCH = Path(__file__).resolve().parent
+REPO = BENCH.parent
 sys.path.insert(0, str(BENCH))
 NS = f"fs-bench-{os.getpid()}"
-LADDER = (25_000, 50_000, 100_000, 200_000, 300_000, 400_000, 600_000, 800_000)
+LADDER = "25000,50000,100000,200000,300000,400000,max"   # max: tcpreplay --topspeed
 
 
 def sh(*cmd, check=True, **kw):
@@ -45,7 +46,7 @@ def setup():
 
 def replay(capture: Path, rate: int | None) -> tuple[int, float]:
     """Packets sent and the rate tcpreplay reports (packets/s)."""
-    out = sh("tcpreplay", "-i", "va", *(["--pps", rate] if rate else ["--topspeed"]), capture, timeout=900).stdout
+    out = sh("tcpreplay", "-q", "-i", "va", *(["--pps", rate] if rate else ["--topspeed"]), capture, timeout=900).stdout
     sent = int(re.search(r"Successful packets:\s+(\d+)", out).group(1))
     pps = float(re.search(r"Rated: [\d.]+ Bps, [\d.]+ Mbps, ([\d.]+) pps", out).group(1))
     return sent, pps
@@ -60,7 +61,7 @@ def wait_for(predicate, timeout_s=60):
 
 
 def flowsense_run(capture: Path, rate: int, tmp: Path) -> dict:
-    out = tmp / f"fs-{rate}"
+    out = tmp / f"fs-{rate or 'max'}"
     t0 = time.time()
     proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-m", "flowsense", "sense", "--iface", "vb",
                              "--out", out, "--metrics", ""], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -88,44 +89,79 @@ def tcpdump_run(capture: Path, rate: int, tmp: Path) -> dict:
     time.sleep(0.5)
     os.kill(proc.pid, signal.SIGINT)
     err = proc.communicate(timeout=120)[1]
-    got = int(re.search(r"(\d+) packets captured", err).group(1))
+    got = int(re.search(r"(\d+) packets received by filter", err).group(1))
     dropped = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
     return {"sent": sent, "replay_pps": pps, "got": got, "dropped": dropped}
 
 
-NFSTREAM_CHILD = """
-import json, signal, sys
+PUSHER = "198.18.255.254"   # source of the frames that drive nfstream's clock (not counted)
+NFSTREAM_CHILD = f"""
 from nfstream import NFStreamer
 packets = 0
-streamer = NFStreamer(source="vb", idle_timeout=1, active_timeout=5)
-signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-print("ready", flush=True)
-try:
-    for flow in streamer:
-        packets += flow.bidirectional_packets
-except KeyboardInterrupt:
-    pass
-print(json.dumps({"packets": packets}), flush=True)
+for flow in NFStreamer(source="vb", idle_timeout=1, active_timeout=5):
+    if flow.src_ip == "{PUSHER}":
+        print("push", flush=True)
+        continue
+    packets += flow.bidirectional_packets
+    print(packets, flush=True)
 """
 
 
+def pusher_capture(path: Path, frames: int = 200) -> Path:
+    """One-packet UDP flows from PUSHER: nfstream expires idle flows only when later packets arrive."""
+    import socket
+
+    import dpkt
+
+    with path.open("wb") as fh:
+        out = dpkt.pcap.Writer(fh)
+        for k in range(frames):
+            udp = dpkt.udp.UDP(sport=10000 + k, dport=9, data=b"push")
+            udp.ulen = len(udp)
+            ip = dpkt.ip.IP(src=socket.inet_aton(PUSHER), dst=socket.inet_aton("198.18.255.253"), p=17, data=udp)
+            ip.len = len(ip)
+            out.writepkt(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x02\x01" * 3, data=ip), ts=k * 0.001)
+    return path
+
+
 def nfstream_run(capture: Path, rate: int, tmp: Path) -> dict:
+    """nfstream prints its running packet total per exported flow; it has no clean stop on a live
+    interface, so its whole process group is killed once the measured flows are out."""
+    import threading
+
     proc = subprocess.Popen(["ip", "netns", "exec", NS, sys.executable, "-c", NFSTREAM_CHILD],
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-    assert proc.stdout.readline().strip() == "ready"
-    time.sleep(2.0)                           # nfstream starts its metering processes after the first flow
-    sent, pps = replay(capture, rate)
-    time.sleep(8.0)                           # idle timeout and export of the last flows
-    os.kill(proc.pid, signal.SIGTERM)
-    out = proc.communicate(timeout=120)[0].strip().splitlines()
-    got = json.loads(out[-1])["packets"] if out else 0
-    return {"sent": sent, "replay_pps": pps, "got": got, "dropped": max(sent - got, 0)}
+                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    seen, pushed = [0], [0]
+
+    def read():
+        for line in proc.stdout:
+            if line.startswith("push"):
+                pushed[0] += 1
+            else:
+                seen[0] = int(line)
+    threading.Thread(target=read, daemon=True).start()
+    pusher = pusher_capture(tmp / "pusher.pcap")
+    try:
+        for _ in range(30):                   # until nfstream's metering processes take packets
+            replay(pusher, 1000)
+            time.sleep(2.0)
+            if pushed[0]:
+                break
+        sent, pps = replay(capture, rate)
+        time.sleep(2.0)
+        for _ in range(3):                    # later packets expire the measured flows
+            replay(pusher, 1000)
+            time.sleep(2.0)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    return {"sent": sent, "replay_pps": pps, "got": seen[0], "dropped": max(sent - seen[0], 0)}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--packets", type=int, default=200_000)
-    ap.add_argument("--rates", default=",".join(map(str, LADDER)))
+    ap.add_argument("--rates", default=LADDER, help="packets/s to try, in order; max = --topspeed")
     ap.add_argument("--tools", default="flowsense,tcpdump,nfstream")
     ap.add_argument("--json", metavar="FILE")
     a = ap.parse_args(argv)
@@ -144,11 +180,11 @@ def main(argv=None):
         runners = {"flowsense": flowsense_run, "tcpdump": tcpdump_run, "nfstream": nfstream_run}
         for tool in a.tools.split(","):
             best, runs = 0.0, []
-            for rate in map(int, a.rates.split(",")):
+            for rate in (None if r == "max" else int(r) for r in a.rates.split(",")):
                 r = runners[tool](capture, rate, tmp)
                 runs.append({"rate": rate, **r})
                 lossless = r["dropped"] == 0 and r["got"] == r["sent"]
-                print(f"  {tool:10} {rate:>9,} pps asked, {r['replay_pps']:>11,.0f} played: {r['got']:,} of "
+                print(f"  {tool:10} {rate or 'max':>9} pps asked, {r['replay_pps']:>11,.0f} played: {r['got']:,} of "
                       f"{r['sent']:,} taken, {r['dropped']:,} dropped", flush=True)
                 if not lossless:
                     break

@@ -205,19 +205,3 @@ def test_analyze_joins_every_corpus_vendor(tmp_path):
     assert per_vendor == {v: c["parsed"] for v, c in stats["vendors"].items() if c["parsed"]}
     assert {"iptables", "cisco_asa", "pfsense", "panos", "fortigate", "juniper_srx", "mikrotik"} <= set(per_vendor)
     assert all(r["file"] and r["line_no"] >= 1 for r in rows)
-
-
-def test_large_logs_parse_in_parallel_with_the_same_result(tmp_path, monkeypatch):
-    import flowsense.denylog.reader as reader_module
-    lines = [IPT.replace("SPT=40000", f"SPT={1000 + k}") if k % 3 else f"noise {k}" for k in range(3000)]
-    log = tmp_path / "big.log"
-    log.write_text("\n".join(lines) + "\n\n" + IPT + "\n")
-    serial = DenyLogReader(CTX)
-    serial.read_file(log)
-    monkeypatch.setattr(reader_module, "PARALLEL_BYTES", 1)
-    monkeypatch.setattr(reader_module.os, "cpu_count", lambda: 3)
-    parallel = DenyLogReader(CTX)
-    parallel.read_file(log)
-    assert parallel.stats() == serial.stats()
-    assert (parallel.rows() == serial.rows()).all()
-    assert parallel.text_columns() == serial.text_columns()

@@ -15,7 +15,7 @@ from flowsense.denylog.base import Deny, Fail, Header, Skip, checked, port, prot
 
 NAME = "cisco_asa"
 
-_TAG = re.compile(r"%(ASA|FTD)-(?:[a-z]+-)?\d-(\d{6}):? ?")  # 'ASA-session-5-106100' with logging class
+TAG = re.compile(r"%(ASA|FTD)-(?:[a-z]+-)?\d-(\d{6}):? ?")  # 'ASA-session-5-106100' with logging class
 # The patterns are ASCII-only (re.A): their \w and \d text goes to int() through base.port/proto_number.
 _IP = r"[0-9A-Fa-f.:]*[0-9A-Fa-f]"  # IPv4 or IPv6 as ASA prints it
 _IF = r"[^:\s][^:]*:"  # 'nameif:' before an address (names may hold spaces: 'NP Identity Ifc')
@@ -53,23 +53,23 @@ _FTD_FIELD = re.compile(r"(\w+): ([^,]*)")
 def parse(msg: str, hdr: Header):
     if "%ASA-" not in msg and "%FTD-" not in msg:
         return None
-    tag = _TAG.search(msg)
+    tag = TAG.search(msg)
     if tag is None:
         return None
     family, msgid = tag.groups()
     body = msg[tag.end():]
-    if msgid in ("430002", "430003"):
+    if msgid in CONNECTION_EVENTS:
         return _connection_event(body, f"{family}-{msgid}")
     pattern = _DENY.get(msgid)
     if pattern is None:
-        return Skip("not a deny")
+        return NOT_A_DENY
     m = pattern.match(body)
     if m is None:
         return Fail(f"unparsed {msgid}")
     g = m.groupdict()
     if g.get("verdict", "denied") != "denied":
         return Skip("permitted")
-    proto = 0 if g["proto"].lower() == "ip" else proto_number(g["proto"])
+    proto = protocol(g["proto"])
     if proto is None:
         return Fail("unknown protocol")
     sport, dport = g.get("sport"), g.get("dport")
@@ -81,7 +81,22 @@ def parse(msg: str, hdr: Header):
     if sport is None or dport is None:
         return Fail("bad port")
     action = "drop" if pattern is _BOTNET else "deny"  # the only ones that say 'dropped', not 'denied'
-    return Deny(g["src"], g["dst"] or "", proto, sport, dport, action, g.get("rule") or f"{family}-{msgid}")
+    return Deny(g["src"], g["dst"] or "", proto, sport, dport, action, rule(g.get("rule"), family, msgid))
+
+
+NOT_A_DENY = Skip("not a deny")
+CONNECTION_EVENTS = ("430002", "430003")
+DENY_IDS = tuple(_DENY)
+SRC_DST_IDS = tuple(k for k, v in _DENY.items() if v is _SRC_DST)  # the fast path lexes these itself
+
+
+def protocol(word: str) -> int | None:
+    return 0 if word.lower() == "ip" else proto_number(word)
+
+
+def rule(acl: str | None, family: str, msgid: str) -> str:
+    """The access-group when the message names one, else the message id."""
+    return acl or f"{family}-{msgid}"
 
 
 def _connection_event(body: str, msg_rule: str):

@@ -30,22 +30,35 @@ _DENY = {"deny": "deny", "block": "deny", "blocked": "deny", "drop": "drop", "dr
 def parse(msg: str, hdr: Header):
     if "logid=" not in msg or _LOGID.search(msg) is None:
         return None
-    if not any(v in _DENY for v in _VERDICT.findall(msg)):  # most lines: accept/close, skipped cheaply
-        return Skip("not a deny")
-    f = {k: v[1:-1] if v[:1] == '"' else v for k, v in _PAIR.findall(msg)}
+    if not any_deny(_VERDICT.findall(msg)):  # most lines: accept/close, skipped cheaply
+        return NOT_A_DENY
+    return decide({k: v[1:-1] if v[:1] == '"' else v for k, v in _PAIR.findall(msg)})
+
+
+NOT_A_DENY = Skip("not a deny")
+ICMP_PROTOS = (1, 58)  # their type and code stand in for the ports
+
+
+def any_deny(verdicts: list[str]) -> bool:
+    """Whether any action=/status= word anywhere in the line refuses traffic."""
+    return any(v in _DENY for v in verdicts)
+
+
+def decide(f: dict[str, str]):
+    """The Deny, Skip or Fail of a line with a deny verdict, from its key=value fields (unquoted)."""
     if f.get("type") == "event":  # the device's own events (admin, VPN, HA...), not traffic
         return Skip("event")
     action = _DENY.get(f.get("action") or f.get("status", ""))
     if action is None:
-        return Skip("not a deny")
+        return NOT_A_DENY
     src, dst = f.get("srcip", ""), f.get("dstip", "")
     proto = proto_number(f.get("proto", ""))
-    if proto in (1, 58):
+    if proto in ICMP_PROTOS:
         sport, dport = _icmp(f.get("icmptype", "")), _icmp(f.get("icmpcode", ""))
     else:
         sport, dport = port(f.get("srcport", "")), port(f.get("dstport", ""))
     rule = f.get("policyname") or f.get("policyid", "")
-    ts = _epoch_ns(f.get("eventtime", ""))
+    ts = epoch_ns(f.get("eventtime", ""))
     local = f"{f.get('date', '')}T{f.get('time', '')}" if ts is None and "date" in f and "time" in f else ""
     if local and f.get("tz"):
         ts, local = iso_ns(local + f["tz"]), ""
@@ -61,12 +74,15 @@ def _icmp(text: str) -> int | None:
     return n if 0 <= n < 256 else None
 
 
-def _epoch_ns(text: str) -> int | None:
+EPOCH_SCALES = ((10**11, 10**9), (10**14, 10**6), (10**17, 10**3), (10**20, 1))  # below limit: x scale = ns
+
+
+def epoch_ns(text: str) -> int | None:
     """eventtime in s, ms, us or ns (by FortiOS release), told apart by magnitude."""
     if not text.isdecimal():
         return None
     n = int(text)
-    for limit, scale in ((10**11, 10**9), (10**14, 10**6), (10**17, 10**3), (10**20, 1)):
+    for limit, scale in EPOCH_SCALES:
         if n < limit:
             return n * scale
     return None

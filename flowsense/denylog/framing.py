@@ -46,6 +46,10 @@ class TimeContext:
         near = " (or the neighbouring year, within half a year of the traffic)" if self.reference_ns else ""
         return f"syslog stamps without year/zone read as year {self.year}{near}, timezone {self.tz}"
 
+    def hour_ns(self, year: int | None, month: int, day: int, hour: int) -> int | None:
+        """Epoch ns of that hour of an RFC 3164 stamp (year None when it names none)."""
+        return self.yearless(month, day, hour) if year is None else _hour_ns(year, self.tz, month, day, hour)
+
     def yearless(self, month: int, day: int, hour: int) -> int | None:
         """Epoch ns of that hour for a stamp that names no year."""
         ns = _hour_ns(self.year, self.tz, month, day, hour)
@@ -112,8 +116,7 @@ def frame(line: str, ctx: TimeContext) -> tuple[Header, str]:
     m = _RFC3164.match(line, pos) if first.isupper() else None
     if m and m.group(1) in MONTHS:
         mon, day, year, hh, mm, ss, host = m.groups()
-        hour = _hour_ns(int(year), ctx.tz, MONTHS[mon], int(day), int(hh)) if year else \
-            ctx.yearless(MONTHS[mon], int(day), int(hh))
+        hour = ctx.hour_ns(int(year) if year else None, MONTHS[mon], int(day), int(hh))
         minutes, seconds = int(mm), int(ss)
         ts = None if hour is None or minutes > 59 or seconds > 60 else \
             hour + (minutes * 60 + seconds) * 1_000_000_000

@@ -36,13 +36,25 @@ def _field(msg: str, key: str) -> str | None:
     return msg[at:] if end < 0 else msg[at:end]
 
 
-def _prefix(msg: str, hdr: Header) -> tuple[str, int | None]:
-    """The rule prefix in front of the first KEY= field, and the Proxmox per-line time if any."""
+PORT_KEYS, ICMP_KEYS = (" SPT=", " DPT="), (" TYPE=", " CODE=")
+
+
+def port_keys(proto: int) -> tuple[str, str]:
+    return ICMP_KEYS if proto in (1, 58) else PORT_KEYS
+
+
+def head(msg: str) -> str:
+    """The text in front of the first KEY= field (IN= as a rule): the rule prefix, framed."""
     at = msg.find("IN=")
     if at < 0:
         key = _FIRST_KEY.search(msg)
         at = key.start() if key else 0
-    head = _UPTIME.sub("", msg[:at]).strip() if msg[:1] == "[" and msg[1:2] in " 0123456789" else msg[:at].strip()
+    return msg[:at]
+
+
+def _prefix(head: str, hdr: Header) -> tuple[str, int | None]:
+    """The rule prefix, and the Proxmox per-line time if any."""
+    head = _UPTIME.sub("", head).strip() if head[:1] == "[" and head[1:2] in " 0123456789" else head.strip()
     if hdr.host and head.startswith(hdr.host + " "):
         head = head[len(hdr.host) + 1:]
     ts = None
@@ -56,6 +68,19 @@ def _prefix(msg: str, hdr: Header) -> tuple[str, int | None]:
     return rule, ts
 
 
+def verdict(head: str, proto_name: str | None, hdr: Header):
+    """(proto, rule, ts, action), or the Skip/Fail, from the prefix and the PROTO= value (the fast
+    path asks once per distinct prefix, protocol, host and tag)."""
+    proto = 0 if proto_name is None else proto_number(proto_name)
+    if proto is None:
+        return Fail("unknown PROTO")
+    rule, ts = _prefix(head, hdr)
+    if _ALLOW.search(rule):
+        return Skip("accept")
+    action = "reject" if _REJECT.search(rule) else "drop" if _DROP.search(rule) else "deny"
+    return proto, rule, ts, action
+
+
 def parse(msg: str, hdr: Header):
     src = _field(msg, " SRC=")
     dst = _field(msg, " DST=") if src is not None else None
@@ -63,16 +88,11 @@ def parse(msg: str, hdr: Header):
         return None
     if not src or not dst:
         return Fail("missing SRC or DST")
-    name = _field(msg, " PROTO=")
-    proto = 0 if name is None else proto_number(name)
-    if proto is None:
-        return Fail("unknown PROTO")
-    rule, ts = _prefix(msg, hdr)
-    if _ALLOW.search(rule):
-        return Skip("accept")
-    ports = (" TYPE=", " CODE=") if proto in (1, 58) else (" SPT=", " DPT=")
-    sport, dport = (_field(msg, key) or "0" for key in ports)
+    got = verdict(head(msg), _field(msg, " PROTO="), hdr)
+    if not isinstance(got, tuple):
+        return got
+    proto, rule, ts, action = got
+    sport, dport = (_field(msg, key) or "0" for key in port_keys(proto))
     if not (sport.isascii() and sport.isdigit() and dport.isascii() and dport.isdigit()):
         return Fail("bad port")
-    action = "reject" if _REJECT.search(rule) else "drop" if _DROP.search(rule) else "deny"
     return Deny(src, dst, proto, int(sport), int(dport), action, rule, ts=ts)

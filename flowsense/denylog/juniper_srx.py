@@ -36,8 +36,9 @@ def parse(msg: str, hdr: Header):
     event = _event(msg, hdr)
     if event is None:
         return None
-    if not event.startswith("RT_FLOW_SESSION_DENY"):
-        return Skip(event)
+    skip = skip_of(event)
+    if skip is not None:
+        return skip
     params = dict(_PARAM.findall(hdr.sd or msg))
     if params:
         g = params.get
@@ -63,11 +64,25 @@ def _event(msg: str, hdr: Header) -> str | None:
 
 def _deny(src: str, sport: str, dst: str, dport: str, proto_id: str, icmp_type: str, policy: str, reason: str):
     """One deny from the fields both forms carry; ``reason`` is any text that may say reject."""
-    proto = proto_number(proto_id)
-    if not src or not dst or proto is None:
+    got = verdict(proto_id, icmp_type, reason)
+    if not src or not dst or got is None:
         return Fail("missing address or protocol")
-    sp, dp = (port(icmp_type), 0) if proto in (1, 58) else (port(sport), port(dport))
+    proto, icmp, action = got
+    sp, dp = icmp or (port(sport), port(dport))
     if sp is None or dp is None:
         return Fail("bad port")
-    action = "reject" if _REJECT.search(reason) else "deny"
     return Deny(src, dst, proto, sp, dp, action, policy)
+
+
+def verdict(proto_id: str, icmp_type: str, reason: str) -> tuple[int, tuple | None, str] | None:
+    """(proto, ICMP (type, code) or None when the ports apply, action); None: no protocol."""
+    proto = proto_number(proto_id)
+    if proto is None:
+        return None
+    icmp = (port(icmp_type), 0) if proto in (1, 58) else None
+    return proto, icmp, "reject" if _REJECT.search(reason) else "deny"
+
+
+def skip_of(event: str):
+    """None for a deny event, else its Skip."""
+    return None if event.startswith("RT_FLOW_SESSION_DENY") else Skip(event)

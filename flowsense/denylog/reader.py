@@ -1,7 +1,8 @@
 """Deny-log lines -> DENY rows, with every line accounted for.
 
 Each line is framed (syslog), then offered to the vendor decoders (all of them, or the one forced
-with --deny-format) until one claims it.  Outcomes are counted per vendor: parsed (a DENY row),
+with --deny-format) until one claims it.  Files are read in blocks; in a large block the fast path
+(flowsense.denylog.fast) finishes the common lines itself and hands the rest to the decoders.  Outcomes are counted per vendor: parsed (a DENY row),
 skipped (allow or other non-deny lines the vendor recognised) and failed per reason, with a few
 sample lines kept per reason; lines no vendor claims are counted under "unrecognised".
 """
@@ -9,24 +10,24 @@ sample lines kept per reason; lines no vendor claims are counted under "unrecogn
 from __future__ import annotations
 
 import gzip
-import multiprocessing
-import os
+import io
 import socket
 from collections import Counter, defaultdict
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from flowsense.denylog import VENDORS
+from flowsense.denylog import VENDORS, fast
 from flowsense.denylog.base import ACTIONS, Deny, Fail, Skip
 from flowsense.denylog.framing import TimeContext, frame, iso_ns
 from flowsense.errors import InputError, UsageError, reading
 from flowsense.schema import DENY
 
 SAMPLES_PER_REASON = 3
-PARALLEL_BYTES = 16 << 20  # plain logs at least this big are split across processes
-MAX_WORKERS = 8
+BLOCK_BYTES = 32 << 20  # a log is read in blocks of whole lines this big
+FAST_BYTES = 1 << 20  # smaller blocks skip the fast path (its kernels take ~25 s to compile on a cold cache)
+TEXT_COLUMNS = ("vendor", "device", "rule")
+TS_RANGE = (-(1 << 63), (1 << 63) - 1)
 ACTION_INDEX = {a: i for i, a in enumerate(ACTIONS)}
 ADDRESS_CACHE = 1 << 20  # distinct addresses remembered (bounds memory on scans of huge ranges)
 _V4_MAPPED = 0xFFFF << 32
@@ -72,8 +73,10 @@ class DenyLogReader:
         # logs come in runs of one vendor: try the vendor of the previous line first
         self._orders = {v.NAME: (v, *(w for w in vendors if w is not v)) for v in vendors}
         self._order = vendors
+        self._allowed = {v.NAME for v in vendors}
+        self._blocks: list[tuple[np.ndarray, dict]] = []  # rows of whole files, as columns
         self.sources: list[str] = []
-        self.kept: list[tuple] = []  # one tuple per DENY row, columns made at the end
+        self.kept: list[tuple] = []  # one tuple per DENY row of fed lines, columns made at the end
         self.parsed = Counter()
         self.skipped = defaultdict(Counter)
         self.failed = defaultdict(Counter)
@@ -116,6 +119,8 @@ class DenyLogReader:
             src, dst = self._addr(result.src), (self._addr(result.dst) if result.dst else 0)
             if ts is None:
                 result = Fail("no timestamp")
+            elif not TS_RANGE[0] <= ts <= TS_RANGE[1]:  # would overflow the int64 column
+                result = Fail("timestamp out of range")
             elif src is None or dst is None:
                 result = Fail("bad address")
             elif not (0 <= result.sport < 65536 and 0 <= result.dport < 65536 and 0 <= result.proto < 256
@@ -155,29 +160,61 @@ class DenyLogReader:
             raise InputError(f"deny log {path}: not a text log (binary content); give the firewall's text "
                              "log, plain or gzip")
         source = self.add_source(str(path))
-        workers = min(os.cpu_count() or 1, MAX_WORKERS)
-        if gz or workers < 2 or path.stat().st_size < PARALLEL_BYTES:
-            with opener(path, "rt", encoding="utf-8", errors="replace") as fh:
-                for line_no, line in enumerate(fh, 1):
-                    self.feed(line, source, line_no)
-            return
-        # a large plain log: one process per core, each on a run of whole lines
-        size = path.stat().st_size
-        with path.open("rb") as fh:
-            cuts = [0]
-            for k in range(1, workers):
-                fh.seek(max(size * k // workers, cuts[-1]))
-                fh.readline()
-                cuts.append(fh.tell())
-            cuts.append(size)
-        spans = [(a, b) for a, b in zip(cuts, cuts[1:]) if b > a]
-        context = multiprocessing.get_context("fork")
-        with ProcessPoolExecutor(len(spans), mp_context=context) as pool:
-            parts = list(pool.map(_read_span, [(str(path), a, b, self.ctx, self._deny_format) for a, b in spans]))
-        base = 0
-        for part in parts:
-            self._absorb(part, source, base)
-            base += part["lines"]
+        self._settle()  # rows so far stay ahead of this file's
+        line_base = 0
+        with reading(f"deny log {path}"), opener(path, "rb") as fh:
+            for data in _whole_lines(fh, BLOCK_BYTES):
+                line_base = self._read_block(data, source, line_base)
+
+    def _read_block(self, data: memoryview, source: int, line_base: int) -> int:
+        """Whole lines: the fast path, then the Python decoders for the lines it left; rows in line
+        order.  Returns the line number reached."""
+        buf = np.frombuffer(data, np.uint8)
+        starts, ends, kinds, lone_cr = fast.lines(buf) if len(buf) >= FAST_BYTES else (None, None, None, True)
+        if lone_cr:  # a small block, or lone CRs (text mode's universal newlines end lines there): as text
+            with io.TextIOWrapper(io.BytesIO(data), encoding="utf-8", errors="replace") as text:
+                lines = text.readlines()
+            for line_no, line in enumerate(lines, line_base + 1):
+                self.feed(line, source, line_no)
+            self._settle()
+            return line_base + len(lines)
+        block = fast.parse_block(buf, starts, ends, kinds, self.ctx, self._allowed)
+        skips = iter(block.skips)
+        pending = next(skips, None)
+        claimed_before = np.searchsorted(block.claimed, block.defer) - 1
+        previous = -1
+        for i, j in zip(block.defer.tolist(), claimed_before.tolist()):
+            while pending and pending[0] < i:
+                self.skipped[pending[1]][pending[2]] += pending[3]
+                pending = next(skips, None)
+            if j >= 0 and block.claimed[j] > previous:  # as if the lines in between went through feed
+                self._order = self._orders[fast.VENDORS[block.claimed_vendor[j]][0].NAME]
+            previous = i
+            self.feed(bytes(data[starts[i]:ends[i]]).decode("utf-8", "replace"), source, line_base + i + 1)
+        while pending:
+            self.skipped[pending[1]][pending[2]] += pending[3]
+            pending = next(skips, None)
+        if len(block.claimed) and block.claimed[-1] > previous:
+            self._order = self._orders[fast.VENDORS[block.claimed_vendor[-1]][0].NAME]
+        self.lines += len(starts) - len(block.defer)
+        self.blank += block.blank
+        self.parsed.update(block.parsed)
+        rows = block.rows
+        rows["source"] = source
+        rows["line_no"] += line_base
+        if self.kept:  # rows of the lines the decoders read go between the fast path's
+            slow, slow_text = self._tuple_part(0)
+            self.kept = []
+            order = np.argsort(np.concatenate((rows["line_no"], slow["line_no"])), kind="stable")
+            rows = np.concatenate((rows, slow))[order]
+            block.text = {k: np.concatenate((v, slow_text[k]))[order] for k, v in block.text.items()}
+        self._blocks.append((rows, block.text))
+        return line_base + len(starts)
+
+    def _settle(self):
+        """Rows kept as tuples become a block."""
+        self._blocks.append(self._tuple_part(0))
+        self.kept = []
 
     def add_rows(self, rows: np.ndarray, text: dict[str, list[str]]):
         """DENY rows from another source (NetFlow NSEL 'flow denied' events), counted as parsed."""
@@ -186,41 +223,39 @@ class DenyLogReader:
                               text["vendor"][i], text["device"][i], text["rule"][i]))
             self.parsed[text["vendor"][i]] += 1
 
-    def _state(self) -> dict:
-        """What a worker process hands back (plain containers that pickle)."""
-        return {"kept": self.kept, "parsed": self.parsed, "skipped": dict(self.skipped),
-                "failed": dict(self.failed), "samples": {v: dict(r) for v, r in self.samples.items()},
-                "lines": self.lines, "blank": self.blank}
+    @property
+    def row_count(self) -> int:
+        return sum(len(rows) for rows, _ in self._blocks) + len(self.kept)
 
-    def _absorb(self, part: dict, source: int, line_base: int):
-        self.kept.extend((*row[:7], source, row[8] + line_base, *row[9:]) for row in part["kept"])
-        self.parsed.update(part["parsed"])
-        for mine, theirs in ((self.skipped, part["skipped"]), (self.failed, part["failed"])):
-            for vendor, counts in theirs.items():
-                mine[vendor].update(counts)
-        for vendor, reasons in part["samples"].items():
-            for reason, lines in reasons.items():
-                kept = self.samples[vendor][reason]
-                kept.extend(lines[:SAMPLES_PER_REASON - len(kept)])
-        self.lines += part["lines"]
-        self.blank += part["blank"]
+    def _tuple_part(self, start: int) -> tuple[np.ndarray, dict]:
+        """Rows kept as tuples (from the start-th on) as columns."""
+        kept = self.kept[start:]
+        rows = DENY.empty(len(kept))
+        if kept:
+            columns = list(zip(*kept))
+            rows["ts"] = columns[0]
+            rows["src_hi"], rows["src_lo"] = _halves(columns[1])
+            rows["dst_hi"], rows["dst_lo"] = _halves(columns[2])
+            for k, name in enumerate(("sport", "dport", "proto", "action", "source", "line_no"), 3):
+                rows[name] = columns[k]
+        text = {name: np.array([row[k] for row in kept], object) for k, name in enumerate(TEXT_COLUMNS, 9)}
+        return rows, text
 
-    def _column(self, k: int, start: int = 0) -> list:
-        return [row[k] for row in self.kept[start:]]
+    def _parts(self, start: int) -> list[tuple[np.ndarray, dict]]:
+        parts = []
+        for rows, text in self._blocks:
+            if start < len(rows):
+                parts.append((rows[start:], {k: v[start:] for k, v in text.items()}))
+            start = max(0, start - len(rows))
+        return parts + [self._tuple_part(start)]
 
     def rows(self, start: int = 0) -> np.ndarray:
-        """DENY rows from the ``start``-th kept row on (live inputs write what is new)."""
-        rows = DENY.empty(len(self.kept) - start)
-        if len(rows):
-            rows["ts"] = self._column(0, start)
-            rows["src_hi"], rows["src_lo"] = _halves(self._column(1, start))
-            rows["dst_hi"], rows["dst_lo"] = _halves(self._column(2, start))
-            for k, name in enumerate(("sport", "dport", "proto", "action", "source", "line_no"), 3):
-                rows[name] = self._column(k, start)
-        return rows
+        """DENY rows from the ``start``-th row on (live inputs write what is new)."""
+        return np.concatenate([rows for rows, _ in self._parts(start)])
 
     def text_columns(self, start: int = 0) -> dict[str, list[str]]:
-        return {name: self._column(k, start) for k, name in enumerate(("vendor", "device", "rule"), 9)}
+        parts = self._parts(start)
+        return {k: np.concatenate([text[k] for _, text in parts]).tolist() for k in TEXT_COLUMNS}
 
     def stats(self) -> dict:
         vendors = sorted(set(self.parsed) | set(self.skipped) | set(self.failed))
@@ -238,16 +273,23 @@ class DenyLogReader:
 
 
 
-def _read_span(job) -> dict:
-    """Worker: parse bytes [start, end) of a log (whole lines), line numbers from 1."""
-    path, start, end, ctx, deny_format = job
-    reader = DenyLogReader(ctx, deny_format)
-    with open(path, "rb") as fh:
-        fh.seek(start)
-        text = fh.read(end - start).decode("utf-8", "replace")
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    for line_no, line in enumerate(lines, 1):
-        reader.feed(line, 0, line_no)
-    return reader._state()
+
+def _whole_lines(fh, size: int):
+    """Blocks of whole lines (the last line may lack its newline), as views of one buffer that the
+    next block overwrites."""
+    buf = bytearray(size)
+    filled = 0
+    while True:
+        got = fh.readinto(memoryview(buf)[filled:])
+        if not got:
+            if filled:
+                yield memoryview(buf)[:filled]
+            return
+        filled += got
+        cut = buf.rfind(b"\n", 0, filled) + 1
+        if cut:
+            yield memoryview(buf)[:cut]
+            buf[:filled - cut] = buf[cut:filled]
+            filled -= cut
+        elif filled == len(buf):  # a line longer than the buffer
+            buf = buf + bytearray(len(buf))
