@@ -127,6 +127,9 @@ class AlertsConfig:
     min_score: float = knob(0.5, "alerts scoring below this are not written", 0.0)
     suppress_window_s: float = knob(3600.0, "a finding with the same identifier within this time of the last "
                                     "one is merged into it, not repeated", 0.0)
+    forward_syslog: str = knob("", "sense/collect/run: also send each alert as CEF over syslog (UDP) to this "
+                                   "HOST:PORT, e.g. a SIEM's collector; empty: none")
+    forward_stdout: bool = knob(False, "sense/collect/run: also print each alert as a JSON line on stdout")
 
 
 def _check_zone(section: str, zone: str):

@@ -44,7 +44,10 @@ class PacketWindows:
     identifier already reported within the suppression window not repeated by later windows."""
 
     def __init__(self, config: Config, out_dir: Path):
+        from flowsense.sinks.forward import Forwarder
+
         self.config, self.path = config, out_dir / "alerts.jsonl"
+        self.forward = Forwarder(config.alerts)
         self.path.touch()
         self.reported: dict[str, int] = {}
         self.by_analytic: dict[str, int] = {}
@@ -87,6 +90,7 @@ class PacketWindows:
             for analytic in a.analytics or RULES[a.rule].analytics or ("none",):
                 self.by_analytic[analytic] = self.by_analytic.get(analytic, 0) + 1
         write_jsonl(new, self.path, append=True)
+        self.forward.send([a.to_json() for a in new])
         self.alerts += len(new)
         self.windows += 1
         # the finished window's feature tables sit in reference cycles, which the collector only
@@ -321,7 +325,7 @@ class Sensor:
             "flow_meter": {**self.meter.stats(), "active": self.meter.active},
             "weird": self.decoder.stats(),
             "detection": {"windows": w.windows, "windows_cut_early": w.cut_early, "alerts": w.alerts,
-                          "alerts_by_analytic": dict(w.by_analytic)},
+                          "alerts_by_analytic": dict(w.by_analytic), "forwarded": w.forward.stats()},
             "denylog": self.denies.stats() if self.denies else None,
             "metrics": self.metrics.address if self.metrics else None,
             "config_reloads": self.reloads, "config": to_toml(w.config),

@@ -113,9 +113,31 @@ def _alerts(folder: Path) -> list[tuple]:
     return sorted((a["flowsense"]["identifier"], a["flowsense"]["score"], a["event"]["start"]) for a in rows)
 
 
+SYSLOG_SINK = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", 29514))
+s.settimeout(float(sys.argv[2]))
+with open(sys.argv[1], "w") as out:
+    print("ready", flush=True)
+    try:
+        while True:
+            out.write(s.recv(65535).decode() + "\\n")
+            out.flush()
+    except TimeoutError:
+        pass
+"""
+
+
 def test_live_capture_equals_analyze_of_the_same_packets(ns, tmp_path):
-    out, recording = tmp_path / "sense", tmp_path / "reference.pcap"
-    sensor = _start_sensor(ns, out)
+    """Also: alerts are forwarded as CEF over syslog and as JSON lines on stdout."""
+    out, recording, received = tmp_path / "sense", tmp_path / "reference.pcap", tmp_path / "syslog.txt"
+    config = tmp_path / "forward.toml"
+    config.write_text('[alerts]\nforward_syslog = "127.0.0.1:29514"\nforward_stdout = true\n')
+    sink = subprocess.Popen(_in(ns, sys.executable, "-c", SYSLOG_SINK, received, 120), stdout=subprocess.PIPE,
+                            text=True)
+    assert sink.stdout.readline().strip() == "ready"
+    sensor = _start_sensor(ns, out, "-c", config)
     tcpdump = subprocess.Popen(_in(ns, "tcpdump", "-i", "vb", "-w", recording, "-U", "--time-stamp-precision=nano",
                                    "-s", "0"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -130,7 +152,8 @@ def test_live_capture_equals_analyze_of_the_same_packets(ns, tmp_path):
     stats = json.loads((out / "stats.json").read_text())
     vb = stats["interfaces"]["vb"]
     assert vb["kernel_drops"] == 0 and vb["packets"] == vb["kernel_packets"] == stats["packets"] == sent
-    assert "packets" in sensor.stdout.read()
+    stdout = sensor.stdout.read()
+    assert "flowsense sense:" in stdout
     reference = tmp_path / "analyze"
     result = run_cli("analyze", recording, "--out", reference, "--no-report")
     assert result.returncode == 0, result.stderr
@@ -140,6 +163,13 @@ def test_live_capture_equals_analyze_of_the_same_packets(ns, tmp_path):
     live_alerts, replayed_alerts = _alerts(out), _alerts(reference)
     assert {a[0].split(":")[0] for a in live_alerts} >= {"icmp_tunnel", "dns_tunnel", "scan", "deny_fallback"}
     assert live_alerts == replayed_alerts
+    printed = [json.loads(line) for line in stdout.splitlines() if line.startswith("{")]
+    assert sorted(a["flowsense"]["identifier"] for a in printed) == [a[0] for a in live_alerts]
+    _stop(sink)
+    cef = [line for line in received.read_text().splitlines() if line]
+    assert len(cef) == len(live_alerts) and all(" flowsense - alert - CEF:0|flowsense|flowsense|" in c for c in cef)
+    assert any("|icmp_tunnel|ICMP tunnel" in c and "cs1=AN1258" in c and "src=198.18.10.51" in c for c in cef)
+    assert stats["detection"]["forwarded"]["sent"] == len(live_alerts)
     import duckdb
     dns_live = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/dns-*.parquet')").fetchall()[0][0]
     assert dns_live == json.loads((reference / "stats.json").read_text())["dns_messages"] > 600
@@ -277,3 +307,22 @@ def test_container_entrypoint_runs_every_source_the_config_names(ns, tmp_path):
     passthrough = subprocess.run(["sh", entrypoint, "config", "show", "-c", config], env=env, capture_output=True,
                                  text=True, timeout=120)
     assert passthrough.returncode == 0 and 'interfaces = ["vb"]' in passthrough.stdout
+
+
+def test_fanout_shares_an_interface_by_flow(ns, tmp_path):
+    """Two sensors in one PACKET_FANOUT group: each packet reaches exactly one, and each flow stays whole."""
+    config = tmp_path / "fanout.toml"
+    config.write_text("[sense]\nfanout_group = 42\n")
+    outs = [tmp_path / "a", tmp_path / "b"]
+    sensors = [_start_sensor(ns, out, "-c", config) for out in outs]
+    try:
+        sent = _replay(ns, DEMO, 5000)
+        time.sleep(1.0)
+    finally:
+        codes = [_stop(s) for s in sensors]
+    assert codes == [0, 0]
+    taken = [json.loads((out / "stats.json").read_text())["packets"] for out in outs]
+    assert min(taken) > 0 and sum(taken) == sent
+    flows = [_flows(out, "flows-*.parquet") for out in outs]
+    keys = [{row[0] for row in rows} for rows in flows]     # community ids: one per 5-tuple
+    assert not keys[0] & keys[1] and len(flows[0]) + len(flows[1]) == 776

@@ -203,7 +203,8 @@ class RingCapture:
             index = socket.if_nametoindex(self.iface)
             s.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, struct.pack("iHH8s", index, PACKET_MR_PROMISC, 0, b""))
         if fanout_group:
-            s.setsockopt(SOL_PACKET, PACKET_FANOUT, fanout_group | (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
+            mode = (PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16
+            s.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", fanout_group | mode))
 
     def read(self, timeout_s: float) -> np.ndarray:
         """Frames of every block the kernel has handed over (waiting up to ``timeout_s`` for one)."""
