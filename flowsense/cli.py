@@ -43,11 +43,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Listen for NetFlow v5, v9 and IPFIX exports (all on the same port).")
     n.add_argument("--listen", action="append", required=True, metavar="HOST:PORT",
                    help="address to listen on, e.g. 0.0.0.0:2055 or [::]:4739 (repeatable)")
-    n.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
-                   help="also receive firewall deny logs by syslog (UDP and TCP) on this address (repeatable)")
-    n.add_argument("--deny-log", action="append", default=[], metavar="FILE",
-                   help="also follow this firewall log file (new lines, across rotation; repeatable)")
-    n.add_argument("--deny-format", metavar="VENDOR", default="auto", help="vendor of the deny logs (default auto)")
+    _live_deny_inputs(n)
     n.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file")
     n.add_argument("--out", metavar="DIR", type=Path, default=Path("flowsense-collect"),
                    help="output folder (default: ./flowsense-collect; files are added, never overwritten)")
@@ -58,11 +54,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--iface", action="append", default=[], metavar="IFACE",
                    help="interface to capture from (repeatable; adds to [sense].interfaces)")
     s.add_argument("--bpf", metavar="FILTER", help='kernel capture filter in tcpdump syntax, e.g. "not port 22"')
-    s.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
-                   help="also receive firewall deny logs by syslog (UDP and TCP) on this address (repeatable)")
-    s.add_argument("--deny-log", action="append", default=[], metavar="FILE",
-                   help="also follow this firewall log file (new lines, across rotation; repeatable)")
-    s.add_argument("--deny-format", metavar="VENDOR", default="auto", help="vendor of the deny logs (default auto)")
+    _live_deny_inputs(s)
     s.add_argument("--metrics", metavar="HOST:PORT", help="Prometheus /metrics address ('' for none; default "
                    "[sense].metrics_listen, 127.0.0.1:9108)")
     s.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file (re-read on SIGHUP)")
@@ -121,6 +113,15 @@ def _parser() -> argparse.ArgumentParser:
     c.add_argument("--defaults", action="store_true", help="show the built-in defaults")
     c.add_argument("-c", "--config", metavar="CONFIG.toml", help="configuration file to validate and show")
     return p
+
+
+def _live_deny_inputs(p: argparse.ArgumentParser) -> None:
+    """The deny-log inputs of the long-running commands (collect, sense)."""
+    p.add_argument("--syslog", action="append", default=[], metavar="HOST:PORT",
+                   help="also receive firewall deny logs by syslog (UDP and TCP) on this address (repeatable)")
+    p.add_argument("--deny-log", action="append", default=[], metavar="FILE",
+                   help="also follow this firewall log file (new lines, across rotation; repeatable)")
+    p.add_argument("--deny-format", metavar="VENDOR", default="auto", help="vendor of the deny logs (default auto)")
 
 
 def _vendor_names() -> list[str]:
