@@ -326,3 +326,29 @@ def test_fanout_shares_an_interface_by_flow(ns, tmp_path):
     flows = [_flows(out, "flows-*.parquet") for out in outs]
     keys = [{row[0] for row in rows} for rows in flows]     # community ids: one per 5-tuple
     assert not keys[0] & keys[1] and len(flows[0]) + len(flows[1]) == 776
+
+
+def test_vlan_tags_the_kernel_strips_are_restored(ns, tmp_path):
+    """The kernel moves 802.1Q tags out of received frames; the sensor puts them back, so flows keep
+    their VLAN and the decoder sees the frame tcpdump would have written."""
+    from scapy.all import IP, UDP, Dot1Q, Ether, wrpcap
+
+    capture = tmp_path / "vlan.pcap"
+    frames = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=42, prio=5) /
+              IP(src="198.18.42.1", dst="198.19.42.2") / UDP(sport=40000 + k % 4, dport=53) / (b"x" * 20)
+              for k in range(40)]
+    for k, f in enumerate(frames):
+        f.time = 1_700_000_000 + k * 0.01
+    wrpcap(str(capture), frames)
+    out = tmp_path / "vlan"
+    sensor = _start_sensor(ns, out)
+    try:
+        assert _replay(ns, capture, 1000) == 40
+        time.sleep(1.0)
+    finally:
+        assert _stop(sensor) == 0
+    import duckdb
+
+    rows = duckdb.sql(f"SELECT vlan, orig_pkts, resp_p FROM read_parquet('{out}/flows-*.parquet') ORDER BY ALL").fetchall()
+    assert rows == [(42, 10, 53)] * 4
+    assert json.loads((out / "stats.json").read_text())["weird"]["truncated_IP"] == 0
