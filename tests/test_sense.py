@@ -170,6 +170,9 @@ def test_live_capture_equals_analyze_of_the_same_packets(ns, tmp_path):
     assert len(cef) == len(live_alerts) and all(" flowsense - alert - CEF:0|flowsense|flowsense|" in c for c in cef)
     assert any("|icmp_tunnel|ICMP tunnel" in c and "cs1=AN1258" in c and "src=198.18.10.51" in c for c in cef)
     assert stats["detection"]["forwarded"]["sent"] == len(live_alerts)
+    report = run_cli("report", out)                    # the sensor's folder gets the same report
+    assert report.returncode == 0, report.stderr
+    assert "live capture on vb" in (out / "report.html").read_text()
     import duckdb
     dns_live = duckdb.sql(f"SELECT count(*) FROM read_parquet('{out}/dns-*.parquet')").fetchall()[0][0]
     assert dns_live == json.loads((reference / "stats.json").read_text())["dns_messages"] > 600

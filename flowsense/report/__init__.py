@@ -51,7 +51,7 @@ def _figures(res: Results, con) -> list[tuple[str, str]]:
         start, end = (datetime.fromtimestamp(s[k] / 1e9, timezone.utc) for k in ("first_ts", "last_ts"))
     else:
         start, end = span[0], span[1]
-    rows = [("inputs", ", ".join(Path(i["path"]).name for i in s.get("inputs", [])) or "-"),
+    rows = [("inputs", _inputs(s)),
             ("span (UTC)", f"{start:%Y-%m-%d %H:%M:%S} to {end:%Y-%m-%d %H:%M:%S}" if start else "-"),
             ("packets", f"{s['packets']:,}" if "packets" in s else "- (flow records)"),
             ("flows", f"{span[2]:,}"), ("hosts", f"{hosts:,} ({span[3]:,} originating)"),
@@ -65,6 +65,17 @@ def _figures(res: Results, con) -> list[tuple[str, str]]:
         rows.append(("deny rows", f"{s['denylog']['deny_rows']:,} from {s['denylog']['lines']:,} log lines"))
     rows += [("warning", w) for w in s.get("warnings", [])]
     return rows
+
+
+def _inputs(stats: dict) -> str:
+    """What the folder was made from: captures (analyze), interfaces (sense) or listeners (collect)."""
+    if stats.get("inputs"):
+        return ", ".join(Path(i["path"]).name for i in stats["inputs"])
+    if stats.get("interfaces"):
+        return "live capture on " + ", ".join(stats["interfaces"])
+    if stats.get("listeners"):
+        return "flow exports to " + ", ".join(stats["listeners"])
+    return "-"
 
 
 def _by_analytic(alerts: list[dict]) -> str:
@@ -170,7 +181,7 @@ def write_report(out_dir: str | Path, pcaps: list[str] = ()) -> Path:
     rows = [alert_row(a) for a in ordered]
     panels, notes = _panels(res, con, ordered, list(pcaps))
     assets = resources.files("flowsense.report")
-    title = ", ".join(Path(i["path"]).name for i in res.stats.get("inputs", [])) or res.dir.name
+    title = _inputs(res.stats) if res.stats else res.dir.name
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>flowsense report: {_e(title)}</title>
 <meta name="viewport" content="width=device-width, initial-scale=1">
