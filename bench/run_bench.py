@@ -190,8 +190,8 @@ def measure(path, packets, flows, timeout, tmp):
     """All rows, flowsense first so the others can be expressed against it."""
     fs_out = Path(tmp) / "flowsense-out"
     rows = [row("flowsense analyze", packets, *run(
-        [sys.executable, "-m", "flowsense", "analyze", str(path), "--out", str(fs_out), "--quiet"], timeout,
-        env=child_env()))]
+        [sys.executable, "-m", "flowsense", "analyze", str(path), "--out", str(fs_out), "--quiet", "--no-report"],
+        timeout, env=child_env()))]
 
     wall, rss, code, err, res = python_child("steady_rate", path, timeout)
     steady = row("flowsense steady (in-process)", packets, wall, rss, code, err, note="decode + flow meter only")

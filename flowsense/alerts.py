@@ -99,3 +99,37 @@ def _plain(value):
     if hasattr(value, "tolist"):
         return value.tolist()
     raise TypeError(f"evidence value of type {type(value).__name__} is not JSON")
+
+
+class AlertLog:
+    """alerts.jsonl of a long-running front door (sense, collect), written one detection window at a
+    time: an identifier already reported within the suppression window is not repeated by a later
+    window, new alerts are also forwarded (``[alerts] forward_*``), and counts by analytic are kept."""
+
+    def __init__(self, config, out_dir):
+        from flowsense.sinks.forward import Forwarder
+
+        self.config, self.path = config, out_dir / "alerts.jsonl"
+        self.path.touch()
+        self.forward = Forwarder(config.alerts)
+        self.reported: dict[str, int] = {}
+        self.by_analytic: dict[str, int] = {}
+        self.alerts = 0
+
+    def write(self, found: list[Alert], since_ns: int | None = None) -> None:
+        """Append the window's alerts not already reported; ``since_ns`` (the window's start) lets
+        identifiers too old to suppress anything be forgotten, so the record stays bounded."""
+        window = int(self.config.alerts.suppress_window_s * 1e9)
+        if since_ns is not None:
+            self.reported = {k: v for k, v in self.reported.items() if v >= since_ns - window}
+        new = [a for a in found if a.start_ns - self.reported.get(a.identifier, -(2**62)) > window]
+        for a in new:
+            self.reported[a.identifier] = a.end_ns
+            for analytic in a.analytics or RULES[a.rule].analytics or ("none",):
+                self.by_analytic[analytic] = self.by_analytic.get(analytic, 0) + 1
+        write_jsonl(new, self.path, append=True)
+        self.forward.send([a.to_json() for a in new])
+        self.alerts += len(new)
+
+    def stats(self) -> dict:
+        return {"alerts": self.alerts, "alerts_by_analytic": dict(self.by_analytic), "forwarded": self.forward.stats()}

@@ -1,32 +1,44 @@
 """`flowsense collect`: NetFlow v5/v9/IPFIX over UDP until SIGINT/SIGTERM.
 
-One reader thread per listening socket (4 MiB receive buffer) hands datagrams to the main thread
-through a bounded queue (a full queue drops and counts); the main thread decodes in batches,
-writes rotating Parquet files (``flows-<UTC start>.parquet``, queryable together with DuckDB) and
-rewrites ``stats.json`` and ``templates.json`` every few seconds; templates saved by a previous run
-in the same folder are loaded at start, so a restart loses no data waiting for a template refresh.  On a stop signal it drains the queue, closes the open
-file, writes the final stats and exits 0.  Kernel-level drops are read from /proc/net/udp[6].
+One reader thread per listening socket receives datagrams back to back into a chunk buffer and
+hands full chunks to the main thread through a bounded queue (a full queue drops and counts); the
+main thread decodes a chunk at a time (one ``NetflowDecoder.decode_batch`` call), writes rotating
+Parquet files (``flows-<UTC start>.parquet``, queryable together with DuckDB) and rewrites
+``stats.json`` and ``templates.json`` every few seconds; the detectors run over closed windows in
+a background thread.  Templates saved by a previous run in the same folder are loaded at start, so
+a restart loses no data waiting for a template refresh.  On a stop signal each reader drains its
+socket, the queue is decoded, the last window analysed, the files closed and the final stats
+written; exit 0.  Kernel-level drops are read from /proc/net/udp[6].
 """
 
 from __future__ import annotations
 
 import json
 import queue
+import select
 import signal
 import socket
 import threading
 import time
 from pathlib import Path
 
+import numpy as np
+
 from flowsense import __version__
 from flowsense.config import Config, to_toml
 from flowsense.decode.netflow import NetflowDecoder
 from flowsense.errors import InputError, UsageError
 
-QUEUE_DATAGRAMS = 100_000
-BATCH_DATAGRAMS = 512
+QUEUE_DATAGRAMS = 100_000       # deny-log lines waiting for the main thread
+QUEUE_CHUNKS = 64               # received chunks waiting for the decoder (a full queue drops and counts)
+CHUNK_BYTES = 1 << 20           # one chunk's buffer ...
+BATCH_DATAGRAMS = 1024          # ... and at most this many datagrams in it
+CHUNK_MAX_WAIT_S = 0.1          # a chunk that is not full goes to the decoder after this long
+MAX_DATAGRAM = 65535
 STATS_EVERY_S = 5.0
-RCVBUF = 4 << 20
+MAX_WINDOW_RECORDS = 2_000_000  # records held for the detectors before a window closes early (~320 MB)
+RCVBUF = 32 << 20               # kernel receive buffer asked for: bursts wait here, not dropped
+SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
 TEMPLATES_FILE = "templates.json"  # saved with the stats, read at start: a restart decodes at once
 
 
@@ -53,50 +65,103 @@ def kernel_drops(port: int, family: int) -> int | None:
     return None
 
 
+class Chunk:
+    """Datagrams received back to back into one buffer: what the decoder takes as one batch."""
+
+    def __init__(self, buf: bytearray):
+        self.buf, self.view = buf, memoryview(buf)
+        self.ends: list[int] = []
+        self.hosts: dict[str, int] = {}   # exporter address -> id within this chunk
+        self.ids: list[int] = []
+
+    @property
+    def size(self) -> int:
+        return self.ends[-1] if self.ends else 0
+
+    def room(self) -> bool:
+        return len(self.buf) - self.size >= MAX_DATAGRAM and len(self.ends) < BATCH_DATAGRAMS
+
+    def add(self, n: int, host: str):
+        self.ends.append(self.size + n)
+        self.ids.append(self.hosts.setdefault(host, len(self.hosts)))
+
+    def batch(self):
+        """(buffer, bounds, exporter ids, exporter names) for NetflowDecoder.decode_batch."""
+        return (np.frombuffer(self.buf, np.uint8), np.array([0, *self.ends], np.int64),
+                np.array(self.ids, np.int64), list(self.hosts))
+
+
 class Listener:
+    """A UDP socket and its reader thread: datagrams are received straight into a chunk buffer
+    (one ``recvfrom_into`` each, no object per datagram), and a chunk goes to the queue when it
+    is full, or when the socket has nothing more and its first datagram waited CHUNK_MAX_WAIT_S
+    (a decoder call per datagram would cost far more than the datagram).  Chunk buffers are recycled."""
+
     def __init__(self, host: str, port: int, inbox: queue.Queue):
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        try:  # root / CAP_NET_ADMIN may go past net.core.rmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
+        except OSError:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF)
+        self.rcvbuf = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
         try:
             self.sock.bind((host, port))
         except OSError as err:
             raise InputError(f"--listen {host}:{port}: cannot bind ({err.strerror}); pick a free port, or run "
                              "as root for ports below 1024") from None
-        self.sock.settimeout(0.2)
+        self.sock.setblocking(False)
         self.port = self.sock.getsockname()[1]
         self.name = f"{host}:{self.port}"
         self.inbox = inbox
+        self.free: queue.SimpleQueue = queue.SimpleQueue()  # decoded chunks' buffers, for reuse
         self.received = self.queue_drops = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"flowsense-udp-{self.port}", daemon=True)
         self.thread.start()
 
+    def _chunk(self) -> Chunk:
+        try:
+            return Chunk(self.free.get_nowait())
+        except queue.Empty:
+            return Chunk(bytearray(CHUNK_BYTES))
+
     def _run(self):
-        while not self.stop.is_set():
+        chunk, started = self._chunk(), 0.0
+        readable = select.poll()
+        readable.register(self.sock, select.POLLIN)
+        while True:
             try:
-                self._take(*self.sock.recvfrom(65535))
-            except TimeoutError:
+                n, peer = self.sock.recvfrom_into(chunk.view[chunk.size:], MAX_DATAGRAM)
+            except BlockingIOError:  # nothing more for now: hand over what waited long enough, then wait
+                waited = time.monotonic() - started
+                if chunk.ends and (waited >= CHUNK_MAX_WAIT_S or self.stop.is_set()):
+                    self._hand_over(chunk)
+                    chunk = self._chunk()
+                if self.stop.is_set() and not chunk.ends:
+                    return  # stopping: what the kernel held has been delivered
+                readable.poll(max(CHUNK_MAX_WAIT_S - waited, 0.001) * 1000 if chunk.ends else 200)
                 continue
             except OSError:
                 return
-        self.sock.setblocking(False)  # stopping: what the kernel already holds is still delivered
-        try:
-            while True:
-                self._take(*self.sock.recvfrom(65535))
-        except OSError:
-            pass
+            if not chunk.ends:
+                started = time.monotonic()
+            self.received += 1
+            chunk.add(n, peer[0])
+            if not chunk.room():
+                self._hand_over(chunk)
+                chunk = self._chunk()
 
-    def _take(self, data: bytes, peer):
-        self.received += 1
+    def _hand_over(self, chunk: Chunk):
         try:
-            self.inbox.put_nowait((data, peer[0]))
+            self.inbox.put_nowait((self, chunk))
         except queue.Full:
-            self.queue_drops += 1
+            self.queue_drops += len(chunk.ends)
+            self.free.put(chunk.buf)
 
     def stats(self) -> dict:
         return {"datagrams": self.received, "queue_drops": self.queue_drops,
-                "kernel_drops": kernel_drops(self.port, self.family)}
+                "kernel_drops": kernel_drops(self.port, self.family), "receive_buffer_bytes": self.rcvbuf}
 
     def close(self):
         self.stop.set()
@@ -188,8 +253,8 @@ class LiveDenies:
             self.reader.feed(line, source, self.line_numbers[source])
         if nsel_rows is not None and len(nsel_rows):
             self.reader.add_rows(*nsel_denies(nsel_rows, self.nsel_source))
-        if len(self.reader.kept) > self.written:
-            start, self.written = self.written, len(self.reader.kept)
+        if self.reader.row_count > self.written:
+            start, self.written = self.written, self.reader.row_count
             self.out.write(deny_table(self.reader.rows(start), self.reader.text_columns(start), self.reader.sources))
 
     def stats(self) -> dict:
@@ -203,46 +268,65 @@ class LiveDenies:
 
 
 class LiveDetection:
-    """The detectors over collected records, one window of wall time at a time: each window's
-    findings are appended to alerts.jsonl; an identifier already reported within the suppression
-    window is not repeated by later windows."""
+    """The detectors over collected records, one window of wall time at a time, in a background
+    thread so that receiving, decoding and writing go on meanwhile: each window's findings are
+    appended to alerts.jsonl; an identifier already reported within the suppression window is
+    not repeated by later windows.  A window also closes once it holds MAX_WINDOW_RECORDS
+    records; while the previous window is still being analysed, records beyond that are written
+    to the flow files but not analysed, and counted (``records_not_analysed``): memory stays
+    bounded whatever the export rate."""
 
     def __init__(self, config: Config, out_dir: Path):
-        self.config, self.path = config, out_dir / "alerts.jsonl"
-        self.path.touch()
-        self.reported: dict[str, int] = {}
-        self.alerts = 0
+        from flowsense.alerts import AlertLog
+
+        self.config = config
+        self.log = AlertLog(config, out_dir)
+        self.not_analysed = 0
+        self.worker: threading.Thread | None = None
         self._start()
 
     def _start(self):
         from flowsense.detection import Detection
-        self.detection, self.opened = Detection(self.config, grade="flows"), time.time()
+        self.detection, self.opened, self.records = Detection(self.config, grade="flows"), time.time(), 0
 
     def add(self, records):
         from flowsense.pipeline import flow_rows
+        if self.records >= MAX_WINDOW_RECORDS:
+            self.not_analysed += len(records)
+            return
         self.detection.add_flows(flow_rows(records))
+        self.records += len(records)
 
     def due(self) -> bool:
-        return time.time() - self.opened >= self.config.collect.detect_every_s
+        busy = self.worker is not None and self.worker.is_alive()
+        return not busy and (time.time() - self.opened >= self.config.collect.detect_every_s
+                             or self.records >= MAX_WINDOW_RECORDS)
 
-    def run(self, denies=None):
-        from flowsense.alerts import write_jsonl
+    def run(self, denies=None, wait: bool = False):
+        """Close the window and analyse it (in the background unless ``wait``); the deny rows
+        are taken now, on the caller's thread."""
         from flowsense.detection import Denies
 
-        found, _ = self.detection.finish(Denies.of(denies.reader) if denies else None)
-        window = int(self.config.alerts.suppress_window_s * 1e9)
-        new = [a for a in found if a.start_ns - self.reported.get(a.identifier, -(2**62)) > window]
-        for a in new:
-            self.reported[a.identifier] = a.end_ns
-        write_jsonl(new, self.path, append=True)
-        self.alerts += len(new)
+        self.join()
+        detection, deny_rows = self.detection, Denies.of(denies.reader) if denies else None
         self._start()
+        self.worker = threading.Thread(target=self._analyse, args=(detection, deny_rows), name="flowsense-detect",
+                                       daemon=True)
+        self.worker.start()
+        if wait:
+            self.join()
+
+    def _analyse(self, detection, deny_rows):
+        found, _ = detection.finish(deny_rows)
+        self.log.write(found, min((a.start_ns for a in found), default=None))
+
+    def join(self):
+        if self.worker is not None:
+            self.worker.join()
 
 
 def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] = (), deny_logs: list[str] = (),
             deny_format: str | None = None, stop: threading.Event | None = None) -> dict:
-    import numpy as np
-
     from flowsense.decode.netflow import FW_DENIED
     from flowsense.pipeline import _prepare_out
     from flowsense.schema import NFLOW
@@ -251,7 +335,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
     _prepare_out(out_dir)
     rotate_s = config.collect.rotate_s
     stop = stop or threading.Event()
-    inbox: queue.Queue = queue.Queue(QUEUE_DATAGRAMS)
+    inbox: queue.Queue = queue.Queue(QUEUE_CHUNKS)
     listeners = [Listener(*parse_listen(text), inbox) for text in listen]
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
@@ -275,34 +359,32 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
                   "uptime_s": round(time.time() - started, 1),
                   "listeners": {lst.name: lst.stats() for lst in listeners},
                   "flows": flows.rows, "files": flows.files, "templates_restored": restored,
-                  "alerts": detection.alerts,
+                  "alerts": detection.log.alerts, "detection": detection.log.stats(),
+                  "records_not_analysed": detection.not_analysed,
                   "denylog": denies.stats() if denies else None,
                   "exporters": decoder.stats(), "config": to_toml(config)}
         (out_dir / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
         (out_dir / TEMPLATES_FILE).write_text(json.dumps(decoder.save_templates()))
         return result
 
-    def decode_batch(timeout_s: float) -> bool:
-        """Decode up to BATCH_DATAGRAMS queued datagrams; False when none came."""
-        batch = []
+    def decode_chunk(timeout_s: float) -> bool:
+        """Decode one received chunk; False when none came."""
         try:
-            batch.append(inbox.get(timeout=timeout_s))
-            while len(batch) < BATCH_DATAGRAMS:
-                batch.append(inbox.get_nowait())
+            listener, chunk = inbox.get(timeout=timeout_s)
         except queue.Empty:
-            pass
-        rows = [r for data, exporter in batch if len(r := decoder.decode(data, exporter))]
-        if rows:
-            rows = np.concatenate(rows)
+            return False
+        rows = decoder.decode_batch(*chunk.batch())
+        listener.free.put(chunk.buf)
+        if len(rows):
             flows.write(nflow_table(rows))
             detection.add(rows)
             if denies:
                 denies.flush(rows[rows["fw_event"] == FW_DENIED])
-        return bool(batch)
+        return True
 
     try:
         while not stop.is_set():
-            decode_batch(0.2)
+            decode_chunk(0.2)
             if denies:
                 denies.flush()
             if detection.due():
@@ -313,12 +395,12 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
         for lst in listeners:  # each reader drains its socket into the queue before it ends
             lst.stop.set()
             lst.thread.join(timeout=2)
-        while decode_batch(0):
+        while decode_chunk(0):
             pass
         if denies:
             denies.close()
         flows.close()
-        detection.run(denies)
+        detection.run(denies, wait=True)
         return stats()  # while the sockets are still open, so their kernel drop counts can be read
     finally:
         flows.close()

@@ -357,17 +357,20 @@ def analyze_netflow(paths: list[str], config: Config, out_dir: Path, deny_logs: 
             packets += len(pk)
             udp = np.flatnonzero((pk["proto"] == 17) & (pk["pay_off"] > 0) & (pk["frag"] == 0))
             exporters = addr_text(pk["src_hi"][udp], pk["src_lo"][udp]).to_pylist()
-            rows = []
+            payloads, names, ids = [], {}, []  # the batch's export datagrams, decoded in one call
             for i, exporter in zip(udp.tolist(), exporters):
                 start = int(frames["off"][i]) + int(pk["pay_off"][i])
                 size = min(int(pk["l4_len"][i]), int(frames["cap_len"][i]) - int(pk["pay_off"][i]))
                 payload = cf.buf[start:start + size].tobytes()
                 if looks_like_export(payload):
-                    rows.append(netflow.decode(payload, exporter))
+                    payloads.append(payload)
+                    ids.append(names.setdefault(exporter, len(names)))
                 else:
                     other_udp += 1
-            if rows:
-                rows = np.concatenate(rows)
+            rows = netflow.decode_batch(np.frombuffer(b"".join(payloads), np.uint8),
+                                        np.cumsum([0] + [len(p) for p in payloads], dtype=np.int64),
+                                        np.array(ids, np.int64), list(names))
+            if len(rows):
                 sink.write(nflow_table(rows))
                 detection.add_flows(flow_rows(rows))
                 denied.append(rows[rows["fw_event"] == FW_DENIED])

@@ -40,18 +40,14 @@ RESTART_KNOBS = ("flows", "sense", "pcap")  # sections whose changes need a rest
 
 
 class PacketWindows:
-    """Packet-grade detection over windows of packet time; findings appended to alerts.jsonl, an
-    identifier already reported within the suppression window not repeated by later windows."""
+    """Packet-grade detection over windows of packet time, written through an AlertLog."""
 
     def __init__(self, config: Config, out_dir: Path):
-        from flowsense.sinks.forward import Forwarder
+        from flowsense.alerts import AlertLog
 
-        self.config, self.path = config, out_dir / "alerts.jsonl"
-        self.forward = Forwarder(config.alerts)
-        self.path.touch()
-        self.reported: dict[str, int] = {}
-        self.by_analytic: dict[str, int] = {}
-        self.alerts = self.windows = self.cut_early = 0
+        self.config = config
+        self.log = AlertLog(config, out_dir)
+        self.windows = self.cut_early = 0
         self._start()
 
     def _start(self):
@@ -75,29 +71,20 @@ class PacketWindows:
             now_ns - self.opened_ns >= self.config.sense.detect_every_s * 1e9
 
     def run(self, denies=None) -> None:
-        from flowsense.alerts import write_jsonl
-        from flowsense.attack import RULES
         from flowsense.detection import Context, Denies
 
         self.detection.context = Context(self.config, None)  # a reloaded config applies from now on
         found, _ = self.detection.finish(Denies.of(denies.reader) if denies else None)
-        window = int(self.config.alerts.suppress_window_s * 1e9)
-        if self.opened_ns is not None:   # identifiers older than the suppression window cannot suppress
-            self.reported = {k: v for k, v in self.reported.items() if v >= self.opened_ns - window}
-        new = [a for a in found if a.start_ns - self.reported.get(a.identifier, -(2**62)) > window]
-        for a in new:
-            self.reported[a.identifier] = a.end_ns
-            for analytic in a.analytics or RULES[a.rule].analytics or ("none",):
-                self.by_analytic[analytic] = self.by_analytic.get(analytic, 0) + 1
-        write_jsonl(new, self.path, append=True)
-        self.forward.send([a.to_json() for a in new])
-        self.alerts += len(new)
+        self.log.write(found, self.opened_ns)
         self.windows += 1
         # the finished window's feature tables sit in reference cycles, which the collector only
         # reaches after many more container allocations: free them now, or each window adds its tables
         self.detection = None
         gc.collect()
         self._start()
+
+    def stats(self) -> dict:
+        return {"windows": self.windows, "windows_cut_early": self.cut_early, **self.log.stats()}
 
 
 class Metrics:
@@ -324,8 +311,7 @@ class Sensor:
             "flows": self.flows_out.rows, "files": self.flows_out.files + self.dns_out.files,
             "flow_meter": {**self.meter.stats(), "active": self.meter.active},
             "weird": self.decoder.stats(),
-            "detection": {"windows": w.windows, "windows_cut_early": w.cut_early, "alerts": w.alerts,
-                          "alerts_by_analytic": dict(w.by_analytic), "forwarded": w.forward.stats()},
+            "detection": w.stats(),
             "denylog": self.denies.stats() if self.denies else None,
             "metrics": self.metrics.address if self.metrics else None,
             "config_reloads": self.reloads, "config": to_toml(w.config),

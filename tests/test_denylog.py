@@ -88,6 +88,21 @@ def test_reader_counts_every_line(tmp_path):
     assert rows["line_no"].tolist() == [1] and rows["dport"].tolist() == [443]
 
 
+def test_an_impossible_proxmox_time_falls_back_to_the_syslog_stamp(tmp_path):
+    """Found by Hypothesis: day 00 in a Proxmox firewall time used to raise."""
+    line = ("Jun 20 13:09:14 pve 0 3 PVEFW-HOST-IN 00/Jun/2022:13:09:14 +0200 policy DROP: IN=vmbr0 "
+            "SRC=10.3.94.11 DST=10.3.94.12 LEN=52 PROTO=UDP SPT=49152 DPT=3784 LEN=32")
+    log = tmp_path / "pve.log"
+    log.write_text(line + "\n" + line.replace("00/Jun", "20/Jun") + "\n")
+    reader = DenyLogReader(CTX)
+    reader.read_file(log)
+    rows = reader.rows()
+    assert rows["dport"].tolist() == [3784, 3784]
+    stamps = [datetime.fromtimestamp(int(t) / 1e9, timezone.utc) for t in rows["ts"]]
+    assert (stamps[0].month, stamps[0].day, stamps[0].hour) == (6, 20, 13)       # the syslog stamp, zone UTC
+    assert stamps[1] == datetime(2022, 6, 20, 11, 9, 14, tzinfo=timezone.utc)  # Proxmox's own time, +0200
+
+
 def test_every_corpus_line_is_accounted_for():
     reader = DenyLogReader(CTX)
     files = sorted(p for p in FIREWALL.rglob("*.log"))

@@ -60,7 +60,10 @@ def _prefix(head: str, hdr: Header) -> tuple[str, int | None]:
     ts = None
     when = _PVEFW_TIME.search(head)
     if when:
-        ts = int(datetime.strptime(when.group(1), "%d/%b/%Y:%H:%M:%S %z").timestamp()) * 1_000_000_000
+        try:
+            ts = int(datetime.strptime(when.group(1), "%d/%b/%Y:%H:%M:%S %z").timestamp()) * 1_000_000_000
+        except ValueError:
+            ts = None  # an impossible date (day 00, 31 June): the syslog stamp stands
         head = head[:when.start()] + head[when.end():]
     rule = head.rstrip(":").strip()
     if not rule and hdr.program not in ("", "kernel"):
