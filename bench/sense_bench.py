@@ -117,7 +117,7 @@ def tcpdump_run(capture: Path, rate: int, tmp: Path) -> dict:
     err = proc.communicate(timeout=120)[1]
     got = int(re.search(r"(\d+) packets received by filter", err).group(1))
     dropped = int(re.search(r"(\d+) packets dropped by kernel", err).group(1))
-    return {"sent": sent, "replay_pps": pps, "got": got, "dropped": dropped}
+    return {"sent": sent, "replay_pps": pps, "got": got, "dropped": dropped, "cpu_s": cpu}
 
 
 PUSHER = "198.18.255.254"   # source of the frames that drive nfstream's clock (not counted)

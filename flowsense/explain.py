@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 from pathlib import Path
 
 from flowsense.report.why import headline
@@ -95,14 +96,15 @@ def explain(out_dir: str | Path, wanted: str, pcaps: list[str] = (), as_json: bo
     for capture in sorted({f for f, _, _ in frames if f in paths}):
         wanted_frames = {no: role for f, no, role in frames if f == capture}
         read += read_frames(paths[capture], wanted_frames, capture)
-    dissected = dissect(read) if read else []
+    tshark = shutil.which("tshark") is not None
+    dissected = dissect(read) if read and tshark else []
     missing = sorted({f for f, _, _ in frames} - set(paths))
     if as_json:
         return json.dumps({"alert": a, "why": headline(a), "occurrences": len(alerts),
                            "key_packets": [{"capture": f.capture, "frame": f.frame_no, "role": f.role,
                                             "layers": [layer.layer_name for layer in p.layers],
                                             "summary": _dissection(p)} for f, p in dissected],
-                           "captures_missing": missing}, indent=2)
+                           "captures_missing": missing, "tshark_installed": tshark}, indent=2)
     dst = f"{r['dst']}:{r['dport']}" if r["dport"] is not None else (r["dst"] or "-")
     lines = [f"{r['id']}  {r['name']}",
              f"  score {r['score']:.2f} {r['severity']} · {r['analytic'] or 'no analytic'} · {r['techniques']} · "
@@ -116,6 +118,9 @@ def explain(out_dir: str | Path, wanted: str, pcaps: list[str] = (), as_json: bo
         for f, p in dissected:
             lines.append(f"  frame {f.frame_no} of {Path(f.capture).name}, {_iso(f.ts)}: {f.role}")
             lines += _dissection(p)
+    elif read and not tshark:
+        lines.append(f"key packets: frames {', '.join(str(f.frame_no) for f in read)}; install tshark "
+                     "(apt-get install tshark) to see them dissected")
     elif frames:
         lines.append(f"key packets: frames {', '.join(str(no) for _, no, _ in frames)} of "
                      f"{', '.join(missing)}: capture not found; give it with --pcap to dissect them")
