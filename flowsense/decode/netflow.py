@@ -571,6 +571,15 @@ class NetflowDecoder:
         self.waiting.setdefault(key, []).append((body, clock))
         c["waiting_sets"] += 1
 
+    def _fixed_records(self, body: bytes, template: Template, c: Counter):
+        """(body, layout, record count) of a set with at least one whole record, else None."""
+        laid_out = self._fixed_body(body, template, c)
+        if laid_out is None:
+            return None
+        body, t = laid_out
+        n = len(body) // t.size
+        return (body, t, n) if n else None
+
     def _fixed_body(self, body: bytes, template: Template, c: Counter) -> tuple[bytes, Template] | None:
         """The set's records laid out by a fixed template (variable-length IEs dropped)."""
         if template.fixed:
@@ -615,13 +624,10 @@ class NetflowDecoder:
         interface names (for the stats)."""
         if any(fid in (82, 83) and not ent for fid, ent, _ in template.fields):
             self._interface_names(body, template, key[0])
-        laid_out = self._fixed_body(body, template, c)
-        if laid_out is None:
+        records = self._fixed_records(body, template, c)
+        if records is None:
             return
-        body, t = laid_out
-        n = len(body) // t.size
-        if not n:
-            return
+        body, t, n = records
         records = np.frombuffer(body, t.dtype, n)
         exporter, _, domain, _ = key
         init = t.column(records, 160)
@@ -772,13 +778,10 @@ class _Batch:
         if template.scope_count:  # options data: remember sampling, emit no flows
             d._options(body, template, key, c)
             return
-        laid_out = d._fixed_body(body, template, c)
-        if laid_out is None:
+        records = d._fixed_records(body, template, c)
+        if records is None:
             return
-        body, t = laid_out
-        nrec = len(body) // t.size
-        if not nrec:
-            return
+        body, t, nrec = records
         slot = d.slots[(exporter, version, domain)]
         info = np.array([[0, nrec, 0, 0, clock[0] * 1_000_000_000, clock[1], d.sys_init_ms.get((exporter, domain), -1),
                           d.sampling.get((exporter, domain, None), 1), version, domain]], np.int64)
