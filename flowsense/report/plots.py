@@ -42,8 +42,8 @@ def histogram(values, xlabel: str, title: str, refs: tuple = (), bins: int = 30,
         span = hi - lo or max(abs(hi), 1.0)
         ax.hist(values, bins=np.linspace(lo - span * 0.05, hi + span * 0.05, bins + 1), color=ACCENT,
                 label="this alert")
-    for x, label in refs:
-        ax.axvline(x, color=REFERENCE, linestyle="--", linewidth=1.2, label=label)
+    for (x, label), style in zip(refs, ("--", ":", "-.")):
+        ax.axvline(x, color=REFERENCE, linestyle=style, linewidth=1.4, label=label)
     if log:
         ax.set_yscale("log")
     ax.set(xlabel=xlabel, ylabel="count", title=title)

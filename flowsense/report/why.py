@@ -38,9 +38,10 @@ def _fallback(a: dict, ev: dict) -> str:
 
 
 def _scan(a: dict, ev: dict) -> str:
-    return (f"{a['source']['ip']} probed {ev['distinct_host_ports']} host:port targets ({ev['distinct_hosts']} "
-            f"hosts, {ev['distinct_ports']} ports), {ev['failure_ratio']:.0%} unanswered or refused "
-            f"({ev['kind']} scan).")
+    hosts, ports = ev["distinct_hosts"], ev["distinct_ports"]
+    return (f"{a['source']['ip']} probed {ev['distinct_host_ports']} host:port targets ({hosts} "
+            f"host{'s' * (hosts != 1)}, {ports} port{'s' * (ports != 1)}), {ev['failure_ratio']:.0%} unanswered or "
+            f"refused ({ev['kind']} scan).")
 
 
 def _egress(a: dict, ev: dict) -> str:
