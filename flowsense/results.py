@@ -68,7 +68,8 @@ class Results:
         return cls(d, stats, load_alerts(d / "alerts.jsonl"))
 
     def files(self, table: str) -> list[Path]:
-        return sorted(self.dir.glob(_FILES[table]))
+        """The table's complete files: one a running sensor or collector still writes has no footer yet."""
+        return sorted(p for p in self.dir.glob(_FILES[table]) if _complete(p))
 
     def connect(self):
         """An in-memory DuckDB with the folder's views.  Each view has every column its table can have
@@ -147,6 +148,16 @@ def _empty_table(table: str):
     if table == "dns":
         return dns_table(DNS.empty(0), np.zeros(0, np.uint8), [])
     return deny_table(DENY.empty(0), {"vendor": [], "device": [], "rule": []}, [])
+
+
+def _complete(path: Path) -> bool:
+    """A Parquet file ends with its footer and the magic PAR1."""
+    try:
+        with path.open("rb") as f:
+            f.seek(-4, 2)
+            return f.read(4) == b"PAR1"
+    except OSError:
+        return False
 
 
 def _sql_text(value: str) -> str:

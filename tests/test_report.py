@@ -236,3 +236,14 @@ def test_report_and_query_on_a_netflow_folder(tmp_path):
     row = json.loads(result.stdout)
     exporting = [e for e, c in stats["exporters"].items() if c.get("records")]
     assert row["n"] == stats["flows"] > 0 and row["apps"] == 0 and row["e"] == len(exporting)
+
+
+def test_query_skips_files_a_live_run_is_still_writing(demo, tmp_path):
+    """A running sensor or collector's current hour has no Parquet footer yet: it is left out, not an error."""
+    live = tmp_path / "live"
+    shutil.copytree(demo, live)
+    (live / "flows.parquet").rename(live / "flows-20261122T100000Z.parquet")
+    (live / "flows-20261122T110000Z.parquet").write_bytes(b"PAR1" + b"\0" * 100)   # still being written
+    result = run_cli("query", live, "SELECT count(*) AS n FROM flows", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["n"] == json.loads((demo / "stats.json").read_text())["flows"]
