@@ -91,3 +91,14 @@ def corpus():
     if not CORPUS.is_dir():
         pytest.fail(f"corpus not found at {CORPUS}: the tests expect ../shared/corpus beside the repo")
     return CORPUS
+
+
+def run_bounds_checked(child: str, examples: int, tmp_path) -> None:
+    """Run fuzzing code in a child whose Numba kernels are recompiled with NUMBA_BOUNDSCHECK=1 (in a
+    cache of its own), so any over-read fails; the child prints "fuzz ok" when every example passed."""
+    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"),
+           "PYTHONPATH": str(ROOT)}
+    (tmp_path / "tests").symlink_to(ROOT / "tests")
+    result = subprocess.run([sys.executable, "-c", child, str(examples)], cwd=tmp_path, env=env,
+                            capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0 and "fuzz ok" in result.stdout, result.stdout[-3000:] + result.stderr[-6000:]

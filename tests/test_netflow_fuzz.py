@@ -5,12 +5,9 @@ as its datagrams one by one."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
 
-from conftest import ROOT
+from conftest import run_bounds_checked
 
 CHILD = textwrap.dedent('''
     import sys
@@ -51,9 +48,4 @@ CHILD = textwrap.dedent('''
 
 
 def test_netflow_kernels_fuzz_with_bounds_checks(tmp_path):
-    env = {**os.environ, "NUMBA_BOUNDSCHECK": "1", "NUMBA_CACHE_DIR": str(tmp_path / "numba-cache"),
-           "PYTHONPATH": str(ROOT)}
-    (tmp_path / "tests").symlink_to(ROOT / "tests")
-    result = subprocess.run([sys.executable, "-c", CHILD, "400"], cwd=tmp_path, env=env, capture_output=True,
-                            check=False, text=True, timeout=900)
-    assert result.returncode == 0 and "fuzz ok" in result.stdout, result.stdout[-3000:] + result.stderr[-6000:]
+    run_bounds_checked(CHILD, 400, tmp_path)
