@@ -25,6 +25,7 @@ import numpy as np
 
 from flowsense.errors import InputError, UsageError
 from flowsense.schema import FRAME
+from flowsense.sources.pcap import _u16, _u32  # little-endian here: the ring is in host order (x86/arm64)
 
 SOL_PACKET, PACKET_ADD_MEMBERSHIP, PACKET_RX_RING, PACKET_STATISTICS = 263, 1, 5, 6
 PACKET_VERSION, PACKET_RESERVE, PACKET_FANOUT, TPACKET_V3, PACKET_MR_PROMISC = 10, 12, 18, 2, 1
@@ -40,16 +41,6 @@ LINKTYPES = {1: 1, ARPHRD_LOOPBACK: 1, 65534: 101}  # ARPHRD -> LINKTYPE: Ethern
 CAPTURE_HINT = "run as root, or grant the capability: setcap cap_net_raw,cap_net_admin+eip $(readlink -f $(which python3))"
 
 
-@nb.njit(cache=True, inline="always")
-def _u32(b, p):
-    return np.int64(b[p]) | (np.int64(b[p + 1]) << 8) | (np.int64(b[p + 2]) << 16) | (np.int64(b[p + 3]) << 24)
-
-
-@nb.njit(cache=True, inline="always")
-def _u16(b, p):
-    return np.int64(b[p]) | (np.int64(b[p + 1]) << 8)
-
-
 @nb.njit(cache=True, nogil=True)
 def walk_ring(ring, block_size, block_nr, first, link, file_id, frame_no, skip_outgoing, frames):
     """FRAME rows of the blocks handed to user space, from block ``first`` on, as long as the next
@@ -61,24 +52,24 @@ def walk_ring(ring, block_size, block_nr, first, link, file_id, frame_no, skip_o
     ethernet = link == 1
     while walked < block_nr:
         b = ((first + walked) % block_nr) * block_size
-        if _u32(ring, b + 8) & TP_STATUS_USER == 0:
+        if _u32(ring, b + 8, False) & TP_STATUS_USER == 0:
             break
-        count = _u32(ring, b + 12)
+        count = _u32(ring, b + 12, False)
         if n + count > frames.shape[0]:
             break
-        p = b + _u32(ring, b + 16)
+        p = b + _u32(ring, b + 16, False)
         for _ in range(count):
-            nxt = _u32(ring, p)
+            nxt = _u32(ring, p, False)
             if skip_outgoing and ring[p + SLL_PKTTYPE] == PACKET_OUTGOING:
                 p += nxt
                 continue
-            status = _u32(ring, p + 20)
-            snap = _u32(ring, p + 12)
-            wire = _u32(ring, p + 16)
-            off = p + _u16(ring, p + 24)
+            status = _u32(ring, p + 20, False)
+            snap = _u32(ring, p + 12, False)
+            wire = _u32(ring, p + 16, False)
+            off = p + _u16(ring, p + 24, False)
             if ethernet and status & TP_STATUS_VLAN_VALID and snap >= 12:
-                tpid = _u16(ring, p + 36) if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
-                tci = _u32(ring, p + 32) & 0xFFFF
+                tpid = _u16(ring, p + 36, False) if status & TP_STATUS_VLAN_TPID_VALID else 0x8100
+                tci = _u32(ring, p + 32, False) & 0xFFFF
                 for j in range(12):        # the two MAC addresses move back; the tag goes after them
                     ring[off - VLAN_TAG_LEN + j] = ring[off + j]
                 off -= VLAN_TAG_LEN
@@ -93,7 +84,7 @@ def walk_ring(ring, block_size, block_nr, first, link, file_id, frame_no, skip_o
             f.off = off
             f.cap_len = snap
             f.wire_len = wire
-            f.ts = _u32(ring, p + 4) * 1_000_000_000 + _u32(ring, p + 8)
+            f.ts = _u32(ring, p + 4, False) * 1_000_000_000 + _u32(ring, p + 8, False)
             f.link = link
             f.file_id = file_id
             f.frame_no = frame_no
