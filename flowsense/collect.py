@@ -328,7 +328,7 @@ class LiveDetection:
 def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] = (), deny_logs: list[str] = (),
             deny_format: str | None = None, stop: threading.Event | None = None) -> dict:
     from flowsense.decode.netflow import FW_DENIED
-    from flowsense.pipeline import _prepare_out
+    from flowsense.pipeline import _prepare_out, write_json, write_stats
     from flowsense.schema import NFLOW
     from flowsense.sinks.tables import nflow_table
 
@@ -363,8 +363,8 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
                   "records_not_analysed": detection.not_analysed,
                   "denylog": denies.stats() if denies else None,
                   "exporters": decoder.stats(), "config": to_toml(config)}
-        (out_dir / "stats.json").write_text(json.dumps(result, indent=2) + "\n")
-        (out_dir / TEMPLATES_FILE).write_text(json.dumps(decoder.save_templates()))
+        write_stats(out_dir, result)
+        write_json(out_dir / TEMPLATES_FILE, decoder.save_templates(), indent=None)
         return result
 
     def decode_chunk(timeout_s: float) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -95,8 +96,16 @@ class Totals:
             self.links[int(link)] = self.links.get(int(link), 0) + int(count)
 
 
+def write_json(path: Path, value, indent: int | None = 2) -> None:
+    """Replace a JSON file whole (write a sibling, then rename): a live run rewrites its stats every few
+    seconds, and whoever reads them meanwhile must never see half a file."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(value, indent=indent) + "\n")
+    os.replace(part, path)
+
+
 def write_stats(out_dir: Path, stats: dict) -> None:
-    (out_dir / "stats.json").write_text(json.dumps(stats, indent=2) + "\n")
+    write_json(out_dir / "stats.json", stats)
 
 
 def default_out_dir(first: Path) -> Path:
