@@ -33,17 +33,24 @@ def strings(texts: list[bytes]) -> pa.Array:
 
 
 def labels(vocab: list[str], index: np.ndarray) -> pa.Array:
-    """Text column from a small vocabulary and an index per row (vectorised gather)."""
-    words = [v.encode() for v in vocab]
-    width = max(map(len, words), default=0) or 1
-    padded = np.zeros((len(words), width), np.uint8)
-    for i, w in enumerate(words):
-        padded[i, :len(w)] = np.frombuffer(w, np.uint8)
-    sizes = np.array([len(w) for w in words], np.int32)[index]
+    """Text column from a small vocabulary and an index per row (one Numba gather)."""
+    words = [v.encode() for v in vocab] or [b""]
+    sizes = np.array([len(w) for w in words], np.int32)
+    starts = np.zeros(len(words) + 1, np.int64)
+    np.cumsum(sizes, out=starts[1:])
+    index = np.ascontiguousarray(index, np.int64)
     offsets = np.zeros(len(index) + 1, np.int32)
-    np.cumsum(sizes, out=offsets[1:])
-    data = padded[index][np.arange(width) < sizes[:, None]]
+    np.cumsum(sizes[index], out=offsets[1:])
+    data = np.empty(offsets[-1], np.uint8)
+    _gather_words(np.frombuffer(b"".join(words), np.uint8), starts, index, offsets, data)
     return pa.StringArray.from_buffers(len(index), pa.py_buffer(offsets), pa.py_buffer(data))
+
+
+@nb.njit(cache=True, nogil=True)
+def _gather_words(blob, starts, index, offsets, out):
+    for i in range(index.shape[0]):
+        w = index[i]
+        out[offsets[i]:offsets[i + 1]] = blob[starts[w]:starts[w + 1]]
 
 
 @nb.njit(cache=True, inline="always")
