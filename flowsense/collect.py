@@ -28,14 +28,16 @@ from flowsense import __version__
 from flowsense.config import Config, to_toml
 from flowsense.decode.netflow import NetflowDecoder
 from flowsense.errors import InputError, UsageError
+from flowsense.sources.mmsg import SLOTS, BatchReceiver, pack
 
 QUEUE_DATAGRAMS = 100_000       # deny-log lines waiting for the main thread
 QUEUE_CHUNKS = 64               # received chunks waiting for the decoder (a full queue drops and counts)
 CHUNK_BYTES = 1 << 20           # one chunk's buffer ...
 BATCH_DATAGRAMS = 1024          # ... and at most this many datagrams in it
+COALESCE_S = 0.002             # a reader that drained its socket sleeps this long: batches, not wake-ups
 CHUNK_MAX_WAIT_S = 0.1          # a chunk that is not full goes to the decoder after this long
-MAX_DATAGRAM = 65535
 STATS_EVERY_S = 5.0
+WRITES_AHEAD = 4                # converted tables waiting for the Parquet writer thread
 MAX_WINDOW_RECORDS = 2_000_000  # records held for the detectors before a window closes early (~320 MB)
 RCVBUF = 32 << 20               # kernel receive buffer asked for: bursts wait here, not dropped
 SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux
@@ -66,35 +68,37 @@ def kernel_drops(port: int, family: int) -> int | None:
 
 
 class Chunk:
-    """Datagrams received back to back into one buffer: what the decoder takes as one batch."""
+    """Datagrams received back to back into one buffer: what the decoder takes as one batch.
+    Chunks are recycled: ``reset`` empties one for reuse."""
 
-    def __init__(self, buf: bytearray):
-        self.buf, self.view = buf, memoryview(buf)
-        self.ends: list[int] = []
+    def __init__(self):
+        self.bytes = np.zeros(CHUNK_BYTES, np.uint8)
+        self.bounds = np.zeros(BATCH_DATAGRAMS + 1, np.int64)
+        self.ids = np.zeros(BATCH_DATAGRAMS, np.int64)
+        self.reset()
+
+    def reset(self) -> Chunk:
+        self.count = 0
         self.hosts: dict[str, int] = {}   # exporter address -> id within this chunk
-        self.ids: list[int] = []
+        return self
 
-    @property
-    def size(self) -> int:
-        return self.ends[-1] if self.ends else 0
-
-    def room(self) -> bool:
-        return len(self.buf) - self.size >= MAX_DATAGRAM and len(self.ends) < BATCH_DATAGRAMS
-
-    def add(self, n: int, host: str):
-        self.ends.append(self.size + n)
-        self.ids.append(self.hosts.setdefault(host, len(self.hosts)))
+    def take(self, receiver: BatchReceiver, first: int, n: int) -> int:
+        """Copy the receiver's datagrams ``first``.. while they fit; returns the next one not taken."""
+        done = pack(receiver.landing, receiver.lengths(n), first, self.bytes, self.bounds, self.count, BATCH_DATAGRAMS)
+        for host, lo, hi in receiver.peer_runs(first, done):
+            self.ids[self.count + lo - first:self.count + hi - first] = self.hosts.setdefault(host, len(self.hosts))
+        self.count += done - first
+        return done
 
     def batch(self):
         """(buffer, bounds, exporter ids, exporter names) for NetflowDecoder.decode_batch."""
-        return (np.frombuffer(self.buf, np.uint8), np.array([0, *self.ends], np.int64),
-                np.array(self.ids, np.int64), list(self.hosts))
+        return self.bytes, self.bounds[:self.count + 1], self.ids[:self.count], list(self.hosts)
 
 
 class Listener:
-    """A UDP socket and its reader thread: datagrams are received straight into a chunk buffer
-    (one ``recvfrom_into`` each, no object per datagram), and a chunk goes to the queue when it
-    is full, or when the socket has nothing more and its first datagram waited CHUNK_MAX_WAIT_S
+    """A UDP socket and its reader thread: datagrams are received many per system call
+    (``recvmmsg``) and copied back to back into a chunk buffer, and a chunk goes to the queue when
+    it is full, or when the socket has nothing more and its first datagram waited CHUNK_MAX_WAIT_S
     (a decoder call per datagram would cost far more than the datagram).  Chunk buffers are recycled."""
 
     def __init__(self, host: str, port: int, inbox: queue.Queue):
@@ -110,7 +114,8 @@ class Listener:
         except OSError as err:
             raise InputError(f"--listen {host}:{port}: cannot bind ({err.strerror}); pick a free port, or run "
                              "as root for ports below 1024") from None
-        self.sock.setblocking(False)
+        self.receiver = BatchReceiver(self.sock)
+        Chunk().take(self.receiver, 0, 0)  # compiled (or loaded from the cache) before datagrams wait on it
         self.port = self.sock.getsockname()[1]
         self.name = f"{host}:{self.port}"
         self.inbox = inbox
@@ -122,42 +127,47 @@ class Listener:
 
     def _chunk(self) -> Chunk:
         try:
-            return Chunk(self.free.get_nowait())
+            return self.free.get_nowait().reset()
         except queue.Empty:
-            return Chunk(bytearray(CHUNK_BYTES))
+            return Chunk()
 
     def _run(self):
         chunk, started = self._chunk(), 0.0
         readable = select.poll()
         readable.register(self.sock, select.POLLIN)
+        receiver = self.receiver
         while True:
             try:
-                n, peer = self.sock.recvfrom_into(chunk.view[chunk.size:], MAX_DATAGRAM)
-            except BlockingIOError:  # nothing more for now: hand over what waited long enough, then wait
-                waited = time.monotonic() - started
-                if chunk.ends and (waited >= CHUNK_MAX_WAIT_S or self.stop.is_set()):
-                    self._hand_over(chunk)
-                    chunk = self._chunk()
-                if self.stop.is_set() and not chunk.ends:
-                    return  # stopping: what the kernel held has been delivered
-                readable.poll(max(CHUNK_MAX_WAIT_S - waited, 0.001) * 1000 if chunk.ends else 200)
-                continue
+                n = receiver.receive()
             except OSError:
                 return
-            if not chunk.ends:
-                started = time.monotonic()
-            self.received += 1
-            chunk.add(n, peer[0])
-            if not chunk.room():
-                self._hand_over(chunk)
-                chunk = self._chunk()
+            if not n:  # nothing more for now: hand over what waited long enough, then wait
+                waited = time.monotonic() - started
+                if chunk.count and (waited >= CHUNK_MAX_WAIT_S or self.stop.is_set()):
+                    self._hand_over(chunk)
+                    chunk = self._chunk()
+                if self.stop.is_set() and not chunk.count:
+                    return  # stopping: what the kernel held has been delivered
+                readable.poll(max(CHUNK_MAX_WAIT_S - waited, 0.001) * 1000 if chunk.count else 200)
+                continue
+            self.received += n
+            first = 0
+            while first < n:
+                if not chunk.count:
+                    started = time.monotonic()
+                first = chunk.take(receiver, first, n)
+                if first < n:  # full: the rest goes into the next chunk
+                    self._hand_over(chunk)
+                    chunk = self._chunk()
+            if n < SLOTS:  # drained: let datagrams gather in the kernel buffer rather than wake per datagram
+                time.sleep(COALESCE_S)
 
     def _hand_over(self, chunk: Chunk):
         try:
             self.inbox.put_nowait((self, chunk))
         except queue.Full:
-            self.queue_drops += len(chunk.ends)
-            self.free.put(chunk.buf)
+            self.queue_drops += chunk.count
+            self.free.put(chunk)
 
     def stats(self) -> dict:
         return {"datagrams": self.received, "queue_drops": self.queue_drops,
@@ -201,6 +211,96 @@ class RotatingParquet:
         if self.sink is not None:
             self.sink.close()
             self.sink = None
+
+
+def spawn_worker(target, *args):
+    """(process, connection) of a worker process running ``target(connection, *args)``.  Started
+    with spawn: a fork would copy the reader threads' locks.  Its own interpreter also means its
+    own GIL, which is the point: the receiving threads never wait for it."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    conn, child = context.Pipe()
+    process = context.Process(target=target, args=(child, *args), daemon=True)
+    process.start()
+    child.close()
+    return process, conn
+
+
+class FlowFiles:
+    """The flow files (``flows-<UTC start>.parquet``, rotated) written by a worker process: NFLOW
+    rows go down a pipe, and the worker converts them to Arrow and writes Parquet.  When the worker
+    falls behind, the pipe is full and the caller waits, and the receive queue, which counts what it
+    drops, takes the backlog.  A write error (disk full, ...) ends the run with its message."""
+
+    def __init__(self, out_dir: Path, rotate_s: float):
+        self.process, self.conn = spawn_worker(_flow_files_worker, out_dir, rotate_s)
+        self.rows, self.files = 0, []
+
+    def _receive(self, until: str | None = None):
+        while self.conn.poll() or until:
+            try:
+                kind, payload = self.conn.recv()
+            except EOFError:
+                raise InputError("the flow-file writer process ended unexpectedly; see the messages above") from None
+            if kind == "error":
+                raise InputError(payload)
+            if kind == "file":
+                self.files.append(payload)
+            if kind == "closed":
+                self.rows = payload
+            if kind == until:
+                return
+
+    def write(self, records: np.ndarray):
+        self.conn.send_bytes(memoryview(records).cast("B"))
+        self.rows += len(records)
+        self._receive()
+
+    def close(self):
+        """Write what is queued, close the file, end the worker."""
+        if self.process.is_alive():
+            self.conn.send_bytes(b"")
+            self._receive(until="closed")
+        self.process.join(timeout=10)
+
+
+def _flow_files_worker(conn, out_dir: Path, rotate_s: float):
+    """Converts on this thread while the previous tables are written on another (the Numba
+    kernels and Parquet's encoder both run outside the GIL): two cores for the two halves."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+
+    from flowsense.schema import NFLOW
+    from flowsense.sinks.tables import nflow_table
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the collector says when the last rows have come
+        signal.signal(sig, signal.SIG_IGN)
+    out = RotatingParquet(out_dir, "flows", nflow_table(NFLOW.empty(0)),
+                          ("orig_h", "resp_h", "proto", "exporter", "conn_state", "end_reason", "source"), rotate_s)
+    conn.send(("ready", None))
+    announced, pending = 0, deque()
+
+    def settle(limit: int):
+        nonlocal announced
+        while len(pending) > limit:
+            pending.popleft().result()
+        for path in out.files[announced:]:
+            conn.send(("file", path))
+        announced = len(out.files)
+
+    try:
+        with ThreadPoolExecutor(1, thread_name_prefix="flowsense-parquet") as writer:
+            while data := conn.recv_bytes():
+                pending.append(writer.submit(out.write, nflow_table(np.frombuffer(data, NFLOW.dtype))))
+                settle(WRITES_AHEAD)
+            settle(0)
+        out.close()
+    except OSError as err:
+        conn.send(("error", f"writing flow files in {out_dir}: {err.strerror or err}; free space or fix "
+                            + "the folder's permissions"))
+        return
+    conn.send(("closed", out.rows))
 
 
 class LiveDenies:
@@ -268,83 +368,150 @@ class LiveDenies:
 
 
 class LiveDetection:
-    """The detectors over collected records, one window of wall time at a time, in a background
-    thread so that receiving, decoding and writing go on meanwhile: each window's findings are
-    appended to alerts.jsonl; an identifier already reported within the suppression window is
-    not repeated by later windows.  A window also closes once it holds MAX_WINDOW_RECORDS
-    records; while the previous window is still being analysed, records beyond that are written
-    to the flow files but not analysed, and counted (``records_not_analysed``): memory stays
-    bounded whatever the export rate."""
+    """The detectors over collected records, one window at a time, in a worker process (spawned
+    once, niced) so that receiving, decoding and writing keep both the GIL and the CPU they need:
+    each window's NFLOW rows go to the worker through a pipe, and the worker appends the findings
+    to alerts.jsonl through its ``AlertLog`` (an identifier already reported within the
+    suppression window is not repeated by later windows).  A window closes after
+    ``detect_every_s`` seconds or once it holds MAX_WINDOW_RECORDS records; while the worker is
+    still busy with the previous one, records beyond that are written to the flow files but not
+    analysed, and counted (``records_not_analysed``): memory stays bounded whatever the export
+    rate, and nothing is lost to the flow files.  A worker that dies is counted and replaced."""
 
     def __init__(self, config: Config, out_dir: Path):
-        from flowsense.alerts import AlertLog
+        self.config, self.out_dir = config, out_dir
+        self.not_analysed = self.analysed = self.worker_restarts = 0
+        self.report = {"alerts": 0}
+        self.sender: threading.Thread | None = None
+        self._spawn()
+        self._receive(wait=True)  # the worker's config check (e.g. a bad forward_syslog) fails the start
+        self._open()
 
-        self.config = config
-        self.log = AlertLog(config, out_dir)
-        self.not_analysed = 0
-        self.worker: threading.Thread | None = None
-        self._start()
+    def _spawn(self):
+        self.worker, self.conn = spawn_worker(_detection_worker, self.config, self.out_dir)
+        self.busy = True  # until its first message
 
-    def _start(self):
-        from flowsense.detection import Detection
-        self.detection, self.opened, self.records = Detection(self.config, grade="flows"), time.time(), 0
+    def _open(self):
+        self.parts, self.opened, self.records = [], time.time(), 0
 
-    def add(self, records):
-        from flowsense.pipeline import flow_rows
+    def _receive(self, wait: bool = False):
+        """Take the worker's messages; a dead worker is replaced (its window is lost, and counted)."""
+        while self.busy and (wait or self.conn.poll()):
+            try:
+                kind, payload = self.conn.recv()
+            except (EOFError, OSError):
+                self.worker.join(timeout=5)
+                self.worker_restarts += 1
+                self._spawn()
+                continue
+            if kind == "error":
+                raise UsageError(payload)
+            self.report = payload
+            self.busy = False
+
+    def add(self, records: np.ndarray):
         if self.records >= MAX_WINDOW_RECORDS:
             self.not_analysed += len(records)
             return
-        self.detection.add_flows(flow_rows(records))
+        self.parts.append(records)
         self.records += len(records)
 
     def due(self) -> bool:
-        busy = self.worker is not None and self.worker.is_alive()
-        return not busy and (time.time() - self.opened >= self.config.collect.detect_every_s
-                             or self.records >= MAX_WINDOW_RECORDS)
+        self._receive()
+        return not self.busy and (time.time() - self.opened >= self.config.collect.detect_every_s
+                                  or self.records >= MAX_WINDOW_RECORDS)
 
     def run(self, denies=None, wait: bool = False):
-        """Close the window and analyse it (in the background unless ``wait``); the deny rows
-        are taken now, on the caller's thread."""
+        """Close the window and hand it to the worker on a thread of its own: the worker reads it at
+        idle priority, and the receiving side must not wait for that.  The deny rows are taken now,
+        on the caller's thread."""
         from flowsense.detection import Denies
 
-        self.join()
-        detection, deny_rows = self.detection, Denies.of(denies.reader) if denies else None
-        self._start()
-        self.worker = threading.Thread(target=self._analyse, args=(detection, deny_rows), name="flowsense-detect",
+        self._receive(wait=True)
+        if self.sender is not None:
+            self.sender.join()
+        message = ("window", len(self.parts), Denies.of(denies.reader) if denies else None)
+        self.sender = threading.Thread(target=self._send, args=(message, self.parts), name="flowsense-window",
                                        daemon=True)
-        self.worker.start()
+        self.sender.start()
+        self.analysed += self.records
+        self.busy = True
+        self._open()
         if wait:
-            self.join()
+            self._receive(wait=True)
 
-    def _analyse(self, detection, deny_rows):
-        found, _ = detection.finish(deny_rows)
-        self.log.write(found, min((a.start_ns for a in found), default=None))
+    def _send(self, message, parts):
+        try:
+            self.conn.send(message)
+            for part in parts:
+                self.conn.send_bytes(memoryview(part).cast("B"))
+        except OSError:
+            pass  # the worker died: _receive sees the closed pipe and replaces it
 
-    def join(self):
-        if self.worker is not None:
+    def stats(self) -> dict:
+        self._receive()
+        return {**self.report, "records_analysed": self.analysed, "worker_restarts": self.worker_restarts}
+
+    def close(self):
+        """Let the worker finish its window and end; on an error path (busy or not) it is ended."""
+        if self.worker.is_alive() and not self.busy:
+            self.conn.send(("stop", 0, None))
+            self.worker.join(timeout=10)
+        if self.worker.is_alive():
+            self.worker.terminate()
             self.worker.join()
+
+
+def _detection_worker(conn, config: Config, out_dir: Path):
+    """The worker process: windows of NFLOW rows in, alerts.jsonl out, its AlertLog's counts back."""
+    import os
+
+    from flowsense.alerts import AlertLog
+    from flowsense.detection import Detection
+    from flowsense.pipeline import flow_rows
+    from flowsense.schema import NFLOW
+
+    for sig in (signal.SIGINT, signal.SIGTERM):  # the collector decides when the last window is done
+        signal.signal(sig, signal.SIG_IGN)
+    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # runs on CPU the receiving side leaves
+    try:
+        log = AlertLog(config, out_dir)
+    except UsageError as err:
+        conn.send(("error", str(err)))
+        return
+    conn.send(("report", log.stats()))
+    while True:
+        kind, parts, denies = conn.recv()
+        if kind == "stop":
+            return
+        records = np.concatenate([np.frombuffer(conn.recv_bytes(), NFLOW.dtype) for _ in range(parts)]) \
+            if parts else NFLOW.empty(0)
+        detection = Detection(config, grade="flows")
+        detection.add_flows(flow_rows(records))
+        del records
+        found, _ = detection.finish(denies)
+        del detection
+        log.write(found, min((a.start_ns for a in found), default=None))
+        conn.send(("report", log.stats()))
 
 
 def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] = (), deny_logs: list[str] = (),
             deny_format: str | None = None, stop: threading.Event | None = None) -> dict:
     from flowsense.decode.netflow import FW_DENIED
     from flowsense.pipeline import _prepare_out, write_json, write_stats
-    from flowsense.schema import NFLOW
-    from flowsense.sinks.tables import nflow_table
 
     _prepare_out(out_dir)
     rotate_s = config.collect.rotate_s
     stop = stop or threading.Event()
     inbox: queue.Queue = queue.Queue(QUEUE_CHUNKS)
+    flows = FlowFiles(out_dir, rotate_s)  # both workers start up side by side
+    detection = LiveDetection(config, out_dir)
     listeners = [Listener(*parse_listen(text), inbox) for text in listen]
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     decoder = NetflowDecoder()
-    flows = RotatingParquet(out_dir, "flows", nflow_table(NFLOW.empty(0)), ("orig_h", "resp_h", "proto", "exporter"),
-                            rotate_s)
     denies = LiveDenies(config, out_dir, list(syslog), list(deny_logs), deny_format, rotate_s) \
         if syslog or deny_logs else None
-    detection = LiveDetection(config, out_dir)
     saved = out_dir / TEMPLATES_FILE
     restored = 0
     if saved.exists():
@@ -359,7 +526,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
                   "uptime_s": round(time.time() - started, 1),
                   "listeners": {lst.name: lst.stats() for lst in listeners},
                   "flows": flows.rows, "files": flows.files, "templates_restored": restored,
-                  "alerts": detection.log.alerts, "detection": detection.log.stats(),
+                  "alerts": detection.report["alerts"], "detection": detection.stats(),
                   "records_not_analysed": detection.not_analysed,
                   "denylog": denies.stats() if denies else None,
                   "exporters": decoder.stats(), "config": to_toml(config)}
@@ -374,10 +541,10 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
         except queue.Empty:
             return False
         rows = decoder.decode_batch(*chunk.batch())
-        listener.free.put(chunk.buf)
+        listener.free.put(chunk)
         if len(rows):
-            flows.write(nflow_table(rows))
-            detection.add(rows)
+            flows.write(rows)
+            detection.add(rows.copy())  # the decoder reuses its row buffer
             if denies:
                 denies.flush(rows[rows["fw_event"] == FW_DENIED])
         return True
@@ -403,6 +570,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
         detection.run(denies, wait=True)
         return stats()  # while the sockets are still open, so their kernel drop counts can be read
     finally:
+        detection.close()
         flows.close()
         if denies:
             denies.out.close()

@@ -14,12 +14,16 @@ class ParquetSink:
     """Batches are gathered into row groups of about GROUP_ROWS rows: a long-running writer fed small
     batches would otherwise hold tens of kilobytes of footer metadata per batch.  Dictionary encoding
     only for the named low-cardinality columns: on unique values (community ids, timestamps) it
-    triples the write time and grows the file."""
+    triples the write time and grows the file.  Min/max statistics only for numbers and times, which
+    DuckDB prunes row groups by: on text (addresses, ids, names) they cost a fifth of the write time
+    and prune next to nothing."""
 
     def __init__(self, path: Path, empty: pa.Table, dictionary_columns: tuple[str, ...] = ()):
         self.path = path
         self.schema = empty.schema
-        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", use_dictionary=list(dictionary_columns))
+        self.writer = pq.ParquetWriter(path, self.schema, compression="zstd", use_dictionary=list(dictionary_columns),
+                                       write_statistics=[f.name for f in self.schema
+                                                         if not pa.types.is_string(f.type)])
         self.rows = 0
         self.pending: list[pa.Table] = []
         self.pending_rows = 0
