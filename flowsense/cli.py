@@ -5,6 +5,7 @@ names the fix."""
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import sys
 from datetime import datetime, timezone
@@ -364,6 +365,12 @@ def main(argv: list[str] | None = None) -> int:
     except FlowsenseError as err:
         print(f"flowsense: error: {err}", file=sys.stderr)
         return err.exit_code
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+            raise
+        print(f"flowsense: error: {err.filename or 'writing output'}: {err.strerror}; free space or choose "
+              "another --out", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         print("flowsense: interrupted", file=sys.stderr)
         return 130

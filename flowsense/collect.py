@@ -13,6 +13,7 @@ written; exit 0.  Kernel-level drops are read from /proc/net/udp[6].
 
 from __future__ import annotations
 
+import contextlib
 import json
 import queue
 import select
@@ -253,7 +254,10 @@ class FlowFiles:
                 return
 
     def write(self, records: np.ndarray):
-        self.conn.send_bytes(memoryview(records).cast("B"))
+        try:
+            self.conn.send_bytes(memoryview(records).cast("B"))
+        except OSError:  # the worker ended: its last message says why
+            self._receive(until="closed")
         self.rows += len(records)
         self._receive()
 
@@ -291,16 +295,27 @@ def _flow_files_worker(conn, out_dir: Path, rotate_s: float):
 
     try:
         with ThreadPoolExecutor(1, thread_name_prefix="flowsense-parquet") as writer:
-            while data := conn.recv_bytes():
+            for data in _batches(conn):
                 pending.append(writer.submit(out.write, nflow_table(np.frombuffer(data, NFLOW.dtype))))
                 settle(WRITES_AHEAD)
             settle(0)
         out.close()
+        reply = ("closed", out.rows)
     except OSError as err:
-        conn.send(("error", f"writing flow files in {out_dir}: {err.strerror or err}; free space or fix "
-                            + "the folder's permissions"))
+        reply = ("error", f"writing flow files in {out_dir}: {err.strerror or err}; free space or fix the "
+                          + "folder's permissions")
+    with contextlib.suppress(OSError):  # a collector that was killed reads no reply
+        conn.send(reply)
+
+
+def _batches(conn):
+    """Row batches until the collector's empty message, or until the collector is gone (then the
+    file is still closed properly, footer and all)."""
+    try:
+        while data := conn.recv_bytes():
+            yield data
+    except EOFError:
         return
-    conn.send(("closed", out.rows))
 
 
 class LiveDenies:
@@ -368,8 +383,8 @@ class LiveDenies:
 
 
 class LiveDetection:
-    """The detectors over collected records, one window at a time, in a worker process (spawned
-    once, niced) so that receiving, decoding and writing keep both the GIL and the CPU they need:
+    """The detectors over collected records, one window at a time, in a worker process at idle
+    priority (SCHED_IDLE) so that receiving, decoding and writing keep the GIL and the CPU they need:
     each window's NFLOW rows go to the worker through a pipe, and the worker appends the findings
     to alerts.jsonl through its ``AlertLog`` (an identifier already reported within the
     suppression window is not repeated by later windows).  A window closes after
@@ -380,7 +395,7 @@ class LiveDetection:
 
     def __init__(self, config: Config, out_dir: Path):
         self.config, self.out_dir = config, out_dir
-        self.not_analysed = self.analysed = self.worker_restarts = 0
+        self.not_analysed = self.analysed = self.worker_restarts = self.in_flight = 0
         self.report = {"alerts": 0}
         self.sender: threading.Thread | None = None
         self._spawn()
@@ -388,26 +403,33 @@ class LiveDetection:
         self._open()
 
     def _spawn(self):
-        self.worker, self.conn = spawn_worker(_detection_worker, self.config, self.out_dir)
+        self.worker, self.conn = spawn_worker(_detection_worker, self.config, self.out_dir, self.report)
         self.busy = True  # until its first message
 
     def _open(self):
         self.parts, self.opened, self.records = [], time.time(), 0
 
     def _receive(self, wait: bool = False):
-        """Take the worker's messages; a dead worker is replaced (its window is lost, and counted)."""
+        """Take the worker's messages.  A worker that died is replaced; the window it was analysing
+        is counted as not analysed."""
         while self.busy and (wait or self.conn.poll()):
             try:
                 kind, payload = self.conn.recv()
             except (EOFError, OSError):
-                self.worker.join(timeout=5)
-                self.worker_restarts += 1
-                self._spawn()
+                self._replace()
                 continue
             if kind == "error":
                 raise UsageError(payload)
             self.report = payload
-            self.busy = False
+            self.busy, self.in_flight = False, 0
+
+    def _replace(self):
+        self.worker.join(timeout=5)
+        self.worker_restarts += 1
+        self.not_analysed += self.in_flight
+        self.analysed -= self.in_flight
+        self.in_flight = 0
+        self._spawn()
 
     def add(self, records: np.ndarray):
         if self.records >= MAX_WINDOW_RECORDS:
@@ -430,23 +452,18 @@ class LiveDetection:
         self._receive(wait=True)
         if self.sender is not None:
             self.sender.join()
+        if not self.worker.is_alive():  # died while idle: replaced before it is handed a window
+            self._replace()
+            self._receive(wait=True)
         message = ("window", len(self.parts), Denies.of(denies.reader) if denies else None)
-        self.sender = threading.Thread(target=self._send, args=(message, self.parts), name="flowsense-window",
-                                       daemon=True)
+        self.sender = threading.Thread(target=_send_window, args=(self.conn, message, self.parts),
+                                       name="flowsense-window", daemon=True)
         self.sender.start()
         self.analysed += self.records
-        self.busy = True
+        self.busy, self.in_flight = True, self.records
         self._open()
         if wait:
             self._receive(wait=True)
-
-    def _send(self, message, parts):
-        try:
-            self.conn.send(message)
-            for part in parts:
-                self.conn.send_bytes(memoryview(part).cast("B"))
-        except OSError:
-            pass  # the worker died: _receive sees the closed pipe and replaces it
 
     def stats(self) -> dict:
         self._receive()
@@ -462,9 +479,20 @@ class LiveDetection:
             self.worker.join()
 
 
-def _detection_worker(conn, config: Config, out_dir: Path):
-    """The worker process: windows of NFLOW rows in, alerts.jsonl out, its AlertLog's counts back."""
+def _send_window(conn, message, parts):
+    try:
+        conn.send(message)
+        for part in parts:
+            conn.send_bytes(memoryview(part).cast("B"))
+    except OSError:
+        pass  # the worker died: LiveDetection sees the closed pipe and replaces it
+
+
+def _detection_worker(conn, config: Config, out_dir: Path, previous: dict):
+    """The worker process: windows of NFLOW rows in, alerts.jsonl out, its AlertLog's counts (carried
+    over from a worker it replaces, in ``previous``) and its own CPU time back."""
     import os
+    import resource
 
     from flowsense.alerts import AlertLog
     from flowsense.detection import Detection
@@ -479,20 +507,28 @@ def _detection_worker(conn, config: Config, out_dir: Path):
     except UsageError as err:
         conn.send(("error", str(err)))
         return
-    conn.send(("report", log.stats()))
-    while True:
-        kind, parts, denies = conn.recv()
-        if kind == "stop":
-            return
-        records = np.concatenate([np.frombuffer(conn.recv_bytes(), NFLOW.dtype) for _ in range(parts)]) \
-            if parts else NFLOW.empty(0)
-        detection = Detection(config, grade="flows")
-        detection.add_flows(flow_rows(records))
-        del records
-        found, _ = detection.finish(denies)
-        del detection
-        log.write(found, min((a.start_ns for a in found), default=None))
-        conn.send(("report", log.stats()))
+    log.alerts, log.by_analytic = previous.get("alerts", 0), dict(previous.get("alerts_by_analytic", {}))
+
+    def report():
+        usage = resource.getrusage(resource.RUSAGE_SELF)
+        conn.send(("report", {**log.stats(), "worker_pid": os.getpid(),
+                              "worker_cpu_s": round(usage.ru_utime + usage.ru_stime, 2)}))
+
+    report()
+    try:
+        while (message := conn.recv())[0] == "window":
+            _, parts, denies = message
+            records = np.concatenate([np.frombuffer(conn.recv_bytes(), NFLOW.dtype) for _ in range(parts)]) \
+                if parts else NFLOW.empty(0)
+            detection = Detection(config, grade="flows")
+            detection.add_flows(flow_rows(records))
+            del records
+            found, _ = detection.finish(denies)
+            del detection
+            log.write(found, min((a.start_ns for a in found), default=None))
+            report()
+    except EOFError:
+        pass  # the collector is gone
 
 
 def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] = (), deny_logs: list[str] = (),

@@ -10,6 +10,7 @@ import csv
 import io
 import json
 import os
+import queue
 import shutil
 import signal
 import socket
@@ -271,3 +272,96 @@ def test_collect_agrees_with_nfdump_on_fprobe(tmp_path):
     assert sum(r["orig_pkts"] for r in rows) == 2855  # every IPv4 packet of the capture (v5 has no IPv6)
     assert {r["version"] for r in rows} == {5}
     assert collections.Counter(map(flowsense_key, rows)) == collections.Counter(expected)
+
+
+def _v5(seq: int, records: int = 30) -> bytes:
+    """A NetFlow v5 datagram of ``records`` TCP records, source addresses numbered from ``seq``."""
+    head = struct.pack(">HHIIIIBBH", 5, records, 5000, 1_700_000_000, 0, seq, 0, 0, 0)
+    body = b"".join(struct.pack(">IIIHHIIIIHHBBBBHHBBH", 0xC6120000 + (seq + k) % 0x10000, 0xC6130001, 0, 1, 2, 10,
+                                1500, 1000, 2000, 1024 + k, 443, 0, 0x18, 6, 0, 0, 0, 0, 0, 0)
+                    for k in range(records))
+    return head + body
+
+
+def test_detection_worker_that_dies_is_replaced(tmp_path):
+    """The detectors run in a worker process: killed, it is replaced at the next window, its
+    counts carry over, and the new one still finds the demo's scan."""
+    config = tmp_path / "fast.toml"
+    config.write_text("[collect]\ndetect_every_s = 1.0\n")
+    port = free_udp_port()
+    collector = subprocess.Popen([sys.executable, "-m", "flowsense", "collect", "--listen", f"127.0.0.1:{port}",
+                                  "-c", str(config), "--out", str(tmp_path / "fs")], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stats_file = tmp_path / "fs" / "stats.json"
+    try:
+        assert wait_for(stats_file.exists), "flowsense collect did not start"
+        first = json.loads(stats_file.read_text())["detection"]["worker_pid"]
+        os.kill(first, signal.SIGKILL)
+        softflowd(port, 9)
+        time.sleep(3)
+    finally:
+        assert stop(collector) == 0, collector.stderr.read()
+    stats = json.loads(stats_file.read_text())
+    assert stats["detection"]["worker_restarts"] == 1 and stats["detection"]["worker_pid"] != first
+    assert stats["detection"]["records_analysed"] == stats["flows"] > 500 and stats["records_not_analysed"] == 0
+    alerts = [json.loads(line) for line in (tmp_path / "fs" / "alerts.jsonl").read_text().splitlines()]
+    assert any(a["rule"]["id"] == "scan" for a in alerts) and stats["alerts"] == len(alerts)
+
+
+def test_full_disk_ends_the_run_with_one_line(tmp_path):
+    """Flow files on a 256 KiB tmpfs (mounted in a private mount namespace this test creates): the
+    writer process hits ENOSPC, and the collector exits 3 with a one-line error naming the fix."""
+    out = tmp_path / "small"
+    out.mkdir()
+    port = free_udp_port()
+    collector = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                                  f"mount -t tmpfs -o size=256k flowsense-test {out} && exec {sys.executable} -m "
+                                  f"flowsense collect --listen 127.0.0.1:{port} --out {out}"],
+                                 cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:  # the tmpfs is visible through the collector's own root (exec keeps the PID)
+        assert wait_for(lambda: os.path.exists(f"/proc/{collector.pid}/root{out}/stats.json")), collector.stderr
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            for seq in range(0, 40_000 * 30, 30):  # 1.2M records: far more than 256 KiB of Parquet
+                s.sendto(_v5(seq), ("127.0.0.1", port))
+                if seq % 3000 == 0:
+                    time.sleep(0.005)
+                if collector.poll() is not None:
+                    break
+        code = collector.wait(timeout=30)
+    finally:
+        stop(collector)
+    err = collector.stderr.read()
+    assert code == 3, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and "No space left on device" in lines[0] and "free space" in lines[0], err
+    assert not os.path.ismount(out)  # the mount lived and died with the namespace
+
+
+def test_reader_packs_many_datagrams_per_call_from_v4_and_v6_exporters():
+    """recvmmsg lands up to 64 datagrams a call; they are packed back to back, split across chunks
+    when one is full, each tagged with its exporter, the largest UDP payload included."""
+    from flowsense.collect import BATCH_DATAGRAMS, Listener
+
+    inbox = queue.Queue()
+    listener = Listener("::", 0, inbox)
+    sizes = [100 + k % 1400 for k in range(2500)] + [65507]
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4, \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as v6:
+            v4.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 1 << 20)
+            for k, size in enumerate(sizes):
+                sender, target = (v4, ("127.0.0.1", listener.port)) if k % 3 else (v6, ("::1", listener.port))
+                sender.sendto(bytes([k % 251]) * size, target)
+        assert wait_for(lambda: listener.received == len(sizes), 10), listener.received
+        time.sleep(0.3)  # the last chunk goes over once it has waited CHUNK_MAX_WAIT_S
+        got = []
+        while not inbox.empty():
+            _, chunk = inbox.get()
+            buf, bounds, ids, hosts = chunk.batch()
+            assert len(ids) <= BATCH_DATAGRAMS
+            got += [(int(b - a), int(buf[a]), hosts[i]) for a, b, i in zip(bounds[:-1], bounds[1:], ids)]
+    finally:
+        listener.close()
+    assert [size for size, _, _ in got] == sizes
+    assert [first for _, first, _ in got] == [k % 251 for k in range(len(sizes))]
+    assert [host for _, _, host in got] == ["::ffff:127.0.0.1" if k % 3 else "::1" for k in range(len(sizes))]

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ctypes
 import os
 import socket
+from itertools import pairwise
 
 import numba as nb
 import numpy as np
@@ -65,7 +66,7 @@ class BatchReceiver:
         names = self.names[first:end]
         changes = np.flatnonzero((names[1:] != names[:-1]).any(axis=1)) + 1 + first
         cuts = [first, *changes.tolist(), end]
-        return [(self._text(k), lo, hi) for k, lo, hi in zip(cuts, cuts, cuts[1:]) if hi > lo]
+        return [(self._text(lo), lo, hi) for lo, hi in pairwise(cuts) if hi > lo]
 
     def _text(self, i: int) -> str:
         raw = self.names[i, :self.hdrs["namelen"][i]].tobytes()
