@@ -10,7 +10,7 @@ end-to-end    datagrams sent over loopback UDP at a paced rate to ``flowsense co
               vs sent (loss), and records per CPU-second of the collector process (from the
               child's rusage, minus what it spent starting up).
 
-    .venv/bin/python bench/netflow_bench.py [--datagrams 20000] [--e2e-records 2000000] [--rate 1000000]
+    .venv/bin/python bench/netflow_bench.py [--datagrams 20000] [--e2e-records 10000000] [--rate 1000000]
 
 The sender is this process: a NumPy-built pool of datagrams (sequence numbers and source
 addresses patched per datagram) sent by a tight, paced ``send`` loop, bounded in count.
@@ -205,8 +205,13 @@ def e2e_flowsense(tmp: Path, name: str, records: int, rate: float) -> dict:
                            signal.SIGTERM)
     stats = json.loads((out / "stats.json").read_text())
     listener = next(iter(stats["listeners"].values()))
+    detection_cpu = stats["detection"]["worker_cpu_s"]  # the detection worker, reaped by the collector
+    ingest_cpu = result["cpu_s"] - detection_cpu
     return {**result, "kernel_drops": listener["kernel_drops"], "queue_drops": listener["queue_drops"],
-            "receive_buffer_bytes": listener["receive_buffer_bytes"]}
+            "receive_buffer_bytes": listener["receive_buffer_bytes"],
+            "analysed": stats["detection"]["records_analysed"] / max(result["records_written"], 1),
+            "detection_cpu_s": detection_cpu, "ingest_cpu_s": ingest_cpu,
+            "records_per_ingest_cpu_s": result["records_written"] / ingest_cpu}
 
 
 def receive_only(port: int, result: Path):
@@ -231,7 +236,7 @@ def receive_only(port: int, result: Path):
         except queue.Empty:
             continue
         records += len(decoder.decode_batch(*chunk.batch()))
-        owner.free.put(chunk.buf)
+        owner.free.put(chunk)
     result.write_text(json.dumps({"records": records, **listener.stats()}))
 
 
@@ -279,7 +284,8 @@ def e2e_netflow_package(tmp: Path, name: str, records: int, rate: float) -> dict
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--datagrams", type=int, default=20000, help="decode-only: datagrams per format")
-    ap.add_argument("--e2e-records", type=int, default=2_000_000, help="end-to-end: records sent per collector")
+    ap.add_argument("--e2e-records", type=int, default=10_000_000,
+                    help="end-to-end: records sent per collector (10 s at the default rate: longer than buffers hide)")
     ap.add_argument("--rate", type=float, default=1_000_000, help="end-to-end: records/s offered")
     ap.add_argument("--netflow-package-records", type=int, default=200_000,
                     help="end-to-end records for the (slow) netflow package, at a tenth of --rate")
@@ -312,6 +318,11 @@ def main():
                 r = fn(Path(tmp), name, records, rate) if not a.only or a.only in peer else None
                 if r:
                     extra = "".join(f" {k}={r[k]}" for k in ("kernel_drops", "queue_drops") if k in r)
+                    if "analysed" in r:
+                        extra += (f"\n{'':29}receive+decode+write {r['ingest_cpu_s']:6.2f} CPU-s "
+                                  f"({r['records_per_ingest_cpu_s']:,.0f} records/CPU-s); detectors "
+                                  f"{r['detection_cpu_s']:6.2f} CPU-s at idle priority, {r['analysed']:.1%} of "
+                                  "the records analysed")
                     print(f"  {name:6} {peer:18} sent {r['records_sent']:>10,} "
                           f"at {r['offered_records_per_s']:>11,.0f}/s"
                           f"  written {r['records_written']:>10,}  loss {r['loss']:7.2%}  cpu {r['cpu_s']:6.2f} s"

@@ -1,14 +1,15 @@
 """`flowsense collect`: NetFlow v5/v9/IPFIX over UDP until SIGINT/SIGTERM.
 
-One reader thread per listening socket receives datagrams back to back into a chunk buffer and
-hands full chunks to the main thread through a bounded queue (a full queue drops and counts); the
-main thread decodes a chunk at a time (one ``NetflowDecoder.decode_batch`` call), writes rotating
-Parquet files (``flows-<UTC start>.parquet``, queryable together with DuckDB) and rewrites
-``stats.json`` and ``templates.json`` every few seconds; the detectors run over closed windows in
-a background thread.  Templates saved by a previous run in the same folder are loaded at start, so
-a restart loses no data waiting for a template refresh.  On a stop signal each reader drains its
-socket, the queue is decoded, the last window analysed, the files closed and the final stats
-written; exit 0.  Kernel-level drops are read from /proc/net/udp[6].
+One reader thread per listening socket receives datagrams (``recvmmsg``) back to back into a
+chunk buffer and hands full chunks to the main thread through a bounded queue (a full queue drops
+and counts); the main thread decodes a chunk at a time (one ``NetflowDecoder.decode_batch`` call)
+and rewrites ``stats.json`` and ``templates.json`` every few seconds.  Two worker processes, each
+with a GIL of its own, do the rest: one converts the records to Arrow and writes rotating Parquet
+files (``flows-<UTC start>.parquet``, queryable together with DuckDB), the other runs the detectors
+over closed windows at idle priority.  Templates saved by a previous run in the same folder are
+loaded at start, so a restart loses no data waiting for a template refresh.  On a stop signal each
+reader drains its socket, the queue is decoded, the files closed, the last window analysed and
+the final stats written; exit 0.  Kernel-level drops are read from /proc/net/udp[6].
 """
 
 from __future__ import annotations
@@ -102,9 +103,11 @@ class Listener:
     it is full, or when the socket has nothing more and its first datagram waited CHUNK_MAX_WAIT_S
     (a decoder call per datagram would cost far more than the datagram).  Chunk buffers are recycled."""
 
-    def __init__(self, host: str, port: int, inbox: queue.Queue):
+    def __init__(self, host: str, port: int, inbox: queue.Queue, v6_only: bool = False):
         self.family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.sock = socket.socket(self.family, socket.SOCK_DGRAM)
+        if v6_only:  # an IPv4 listener on the same port takes the IPv4 datagrams
+            self.sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         try:  # root / CAP_NET_ADMIN may go past net.core.rmem_max
             self.sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, RCVBUF)
         except OSError:
@@ -542,7 +545,9 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
     inbox: queue.Queue = queue.Queue(QUEUE_CHUNKS)
     flows = FlowFiles(out_dir, rotate_s)  # both workers start up side by side
     detection = LiveDetection(config, out_dir)
-    listeners = [Listener(*parse_listen(text), inbox) for text in listen]
+    addresses = [parse_listen(text) for text in listen]
+    v4_ports = {port for host, port in addresses if ":" not in host}
+    listeners = [Listener(host, port, inbox, v6_only=":" in host and port in v4_ports) for host, port in addresses]
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
     decoder = NetflowDecoder()

@@ -365,3 +365,26 @@ def test_reader_packs_many_datagrams_per_call_from_v4_and_v6_exporters():
     assert [size for size, _, _ in got] == sizes
     assert [first for _, first, _ in got] == [k % 251 for k in range(len(sizes))]
     assert [host for _, _, host in got] == ["::ffff:127.0.0.1" if k % 3 else "::1" for k in range(len(sizes))]
+
+
+def test_ipv4_and_ipv6_wildcards_on_one_port(tmp_path):
+    """`--listen 0.0.0.0:P --listen [::]:P` (as a router config often has it): the IPv6 socket is
+    made IPv6-only, so both bind and each family arrives on its own listener."""
+    port = free_udp_port()
+    collector = subprocess.Popen([sys.executable, "-m", "flowsense", "collect", "--listen", f"0.0.0.0:{port}",
+                                  "--listen", f"[::]:{port}", "--out", str(tmp_path / "fs")], cwd=ROOT,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    stats_file = tmp_path / "fs" / "stats.json"
+    try:
+        assert wait_for(stats_file.exists), collector.stderr
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as v4, \
+                socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as v6:
+            v4.sendto(_v5(0, 2), ("127.0.0.1", port))
+            v6.sendto(_v5(2, 3), ("::1", port))
+        time.sleep(0.5)
+    finally:
+        assert stop(collector) == 0, collector.stderr.read()
+    stats = json.loads(stats_file.read_text())
+    assert {name: lst["datagrams"] for name, lst in stats["listeners"].items()} == \
+        {f"0.0.0.0:{port}": 1, f":::{port}": 1}
+    assert stats["flows"] == 5 and set(stats["exporters"]) == {"127.0.0.1", "::1"}

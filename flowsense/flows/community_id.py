@@ -27,10 +27,14 @@ SHA_CTX_BYTES = 96  # sizeof(SHA_CTX) is 96; room to spare is harmless
 def _libcrypto():
     """SHA1_Init/Update/Final of OpenSSL's libcrypto (the one-shot ``SHA1`` goes through a provider
     lookup per call in OpenSSL 3, eight times slower for 20-byte inputs)."""
-    name = ctypes.util.find_library("crypto")
-    if name is None:
+    for name in filter(None, (ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so")):
+        try:
+            lib = ctypes.CDLL(name)
+            break
+        except OSError:
+            continue
+    else:
         raise ImportError("flowsense needs OpenSSL's libcrypto (Debian: libssl3), as Python's hashlib does")
-    lib = ctypes.CDLL(name)
     init, update, final = lib.SHA1_Init, lib.SHA1_Update, lib.SHA1_Final
     init.argtypes = [ctypes.c_void_p]
     update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
