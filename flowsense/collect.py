@@ -240,13 +240,17 @@ class FlowFiles:
     def __init__(self, out_dir: Path, rotate_s: float):
         self.process, self.conn = spawn_worker(_flow_files_worker, out_dir, rotate_s)
         self.rows, self.files = 0, []
+        self.ended = False  # the worker said its last word (closed, or an error)
 
     def _receive(self, until: str | None = None):
         while self.conn.poll() or until:
             try:
                 kind, payload = self.conn.recv()
             except EOFError:
+                self.ended = True
                 raise InputError("the flow-file writer process ended unexpectedly; see the messages above") from None
+            if kind in ("error", "closed"):
+                self.ended = True
             if kind == "error":
                 raise InputError(payload)
             if kind == "file":
@@ -265,8 +269,9 @@ class FlowFiles:
         self._receive()
 
     def close(self):
-        """Write what is queued, close the file, end the worker."""
-        if self.process.is_alive():
+        """Write what is queued, close the file, end the worker; after the worker's error has been
+        raised (this is then called on the way out) there is nothing more to say."""
+        if not self.ended:
             self.conn.send_bytes(b"")
             self._receive(until="closed")
         self.process.join(timeout=10)
@@ -504,7 +509,10 @@ def _detection_worker(conn, config: Config, out_dir: Path, previous: dict):
 
     for sig in (signal.SIGINT, signal.SIGTERM):  # the collector decides when the last window is done
         signal.signal(sig, signal.SIG_IGN)
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))  # runs on CPU the receiving side leaves
+    try:  # runs on CPU the receiving side leaves
+        os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:  # a seccomp profile may refuse it: the weakest nice value is the next best thing
+        os.nice(19)
     try:
         log = AlertLog(config, out_dir)
     except UsageError as err:

@@ -30,12 +30,12 @@ def _libcrypto():
     for name in filter(None, (ctypes.util.find_library("crypto"), "libcrypto.so.3", "libcrypto.so")):
         try:
             lib = ctypes.CDLL(name)
+            init, update, final = lib.SHA1_Init, lib.SHA1_Update, lib.SHA1_Final
             break
-        except OSError:
+        except (OSError, AttributeError):
             continue
     else:
-        raise ImportError("flowsense needs OpenSSL's libcrypto (Debian: libssl3), as Python's hashlib does")
-    init, update, final = lib.SHA1_Init, lib.SHA1_Update, lib.SHA1_Final
+        raise ImportError("flowsense needs OpenSSL's libcrypto with SHA1_Init/Update/Final (Debian: libssl3)")
     init.argtypes = [ctypes.c_void_p]
     update.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     final.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
