@@ -210,6 +210,7 @@ def e2e_flowsense(tmp: Path, name: str, records: int, rate: float) -> dict:
     return {**result, "kernel_drops": listener["kernel_drops"], "queue_drops": listener["queue_drops"],
             "receive_buffer_bytes": listener["receive_buffer_bytes"],
             "analysed": stats["detection"]["records_analysed"] / max(result["records_written"], 1),
+            "host_share": stats["detection"]["host_share"],
             "detection_cpu_s": detection_cpu, "ingest_cpu_s": ingest_cpu,
             "records_per_ingest_cpu_s": result["records_written"] / ingest_cpu}
 
@@ -322,7 +323,7 @@ def main():
                         extra += (f"\n{'':29}receive+decode+write {r['ingest_cpu_s']:6.2f} CPU-s "
                                   f"({r['records_per_ingest_cpu_s']:,.0f} records/CPU-s); detectors "
                                   f"{r['detection_cpu_s']:6.2f} CPU-s at idle priority, {r['analysed']:.1%} of "
-                                  "the records analysed")
+                                  f"the records analysed (host share at the end {r['host_share']:.1%})")
                     print(f"  {name:6} {peer:18} sent {r['records_sent']:>10,} "
                           f"at {r['offered_records_per_s']:>11,.0f}/s"
                           f"  written {r['records_written']:>10,}  loss {r['loss']:7.2%}  cpu {r['cpu_s']:6.2f} s"

@@ -30,6 +30,7 @@ from flowsense import __version__
 from flowsense.config import Config, to_toml
 from flowsense.decode.netflow import NetflowDecoder
 from flowsense.errors import InputError, UsageError
+from flowsense.nets import AddressSet
 from flowsense.sources.mmsg import SLOTS, BatchReceiver, pack
 
 QUEUE_DATAGRAMS = 100_000       # deny-log lines waiting for the main thread
@@ -390,20 +391,50 @@ class LiveDenies:
         self.out.close()
 
 
+HASH_BUCKETS = 1024
+
+
+def host_sample(records: np.ndarray, internal: AddressSet, share: float) -> np.ndarray:
+    """Which records belong to the ``share`` of hosts kept: keyed by the record's internal address
+    (its source if both or neither are internal), so both directions of a host's conversations go
+    together, and by a fixed hash, so the same hosts stay kept from window to window."""
+    src_in = internal.contains(records["src_hi"], records["src_lo"])
+    dst_only = ~src_in & internal.contains(records["dst_hi"], records["dst_lo"])
+    hi = np.where(dst_only, records["dst_hi"], records["src_hi"])
+    lo = np.where(dst_only, records["dst_lo"], records["src_lo"])
+    bucket = ((hi ^ lo) * np.uint64(0x9E3779B97F4A7C15)) >> np.uint64(54)  # Fibonacci hash: 10 bits
+    return bucket < np.uint64(int(share * HASH_BUCKETS))
+
+
+def next_share(share: float, analysed: int, shed: int) -> float:
+    """The host share for the next window: shrunk to what the worker got through when a full
+    window turned records away, grown back by a quarter when nothing was turned away."""
+    if shed:
+        return max(share * analysed / (analysed + shed), 1 / HASH_BUCKETS)
+    return min(1.0, share * 1.25)
+
+
 class LiveDetection:
     """The detectors over collected records, one window at a time, in a worker process at idle
     priority (SCHED_IDLE) so that receiving, decoding and writing keep the GIL and the CPU they need:
     each window's NFLOW rows go to the worker through a pipe, and the worker appends the findings
     to alerts.jsonl through its ``AlertLog`` (an identifier already reported within the
     suppression window is not repeated by later windows).  A window closes after
-    ``detect_every_s`` seconds or once it holds MAX_WINDOW_RECORDS records; while the worker is
-    still busy with the previous one, records beyond that are written to the flow files but not
-    analysed, and counted (``records_not_analysed``): memory stays bounded whatever the export
-    rate, and nothing is lost to the flow files.  A worker that dies is counted and replaced."""
+    ``detect_every_s`` seconds or once it holds MAX_WINDOW_RECORDS records, so memory stays bounded
+    whatever the export rate; nothing is lost to the flow files.
+
+    When the worker cannot keep up (a full window waits for it while records keep coming), load is
+    shed by host, not by time: only the records of a share of the hosts (a hash of each record's
+    internal address) go to the detectors, the share shrinking to what the worker got through and
+    growing back when it keeps up.  An analyst then sees every beacon, scan and fallback of fewer
+    hosts rather than fragments of everyone's.  What the detectors did not see is counted
+    (``records_not_analysed``, ``detection.host_share``).  A worker that dies is counted and replaced."""
 
     def __init__(self, config: Config, out_dir: Path):
         self.config, self.out_dir = config, out_dir
         self.not_analysed = self.analysed = self.worker_restarts = self.in_flight = 0
+        self.internal = AddressSet(config.networks.internal)
+        self.share, self.shed = 1.0, 0  # hosts whose records are analysed; records a full window turned away
         self.report = {"alerts": 0}
         self.sender: threading.Thread | None = None
         self._spawn()
@@ -440,8 +471,13 @@ class LiveDetection:
         self._spawn()
 
     def add(self, records: np.ndarray):
+        if self.share < 1.0:
+            kept = records[host_sample(records, self.internal, self.share)]
+            self.not_analysed += len(records) - len(kept)
+            records = kept
         if self.records >= MAX_WINDOW_RECORDS:
             self.not_analysed += len(records)
+            self.shed += len(records)
             return
         self.parts.append(records)
         self.records += len(records)
@@ -463,6 +499,7 @@ class LiveDetection:
         if not self.worker.is_alive():  # died while idle: replaced before it is handed a window
             self._replace()
             self._receive(wait=True)
+        self.share, self.shed = next_share(self.share, self.records, self.shed), 0
         message = ("window", len(self.parts), Denies.of(denies.reader) if denies else None)
         self.sender = threading.Thread(target=_send_window, args=(self.conn, message, self.parts),
                                        name="flowsense-window", daemon=True)
@@ -475,7 +512,8 @@ class LiveDetection:
 
     def stats(self) -> dict:
         self._receive()
-        return {**self.report, "records_analysed": self.analysed, "worker_restarts": self.worker_restarts}
+        return {**self.report, "records_analysed": self.analysed, "host_share": round(self.share, 4),
+                "worker_restarts": self.worker_restarts}
 
     def close(self):
         """Let the worker finish its window and end; on an error path (busy or not) it is ended."""

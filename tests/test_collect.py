@@ -388,3 +388,32 @@ def test_ipv4_and_ipv6_wildcards_on_one_port(tmp_path):
     assert {name: lst["datagrams"] for name, lst in stats["listeners"].items()} == \
         {f"0.0.0.0:{port}": 1, f":::{port}": 1}
     assert stats["flows"] == 5 and set(stats["exporters"]) == {"127.0.0.1", "::1"}
+
+
+def test_overload_sheds_whole_hosts_not_time_slices():
+    """Under overload the detectors get the records of a share of the hosts: every record of a
+    kept host (both directions), none of the others, the same hosts at every window, and the
+    share follows what the worker got through."""
+    import numpy as np
+
+    from flowsense.collect import HASH_BUCKETS, host_sample, next_share
+    from flowsense.nets import AddressSet
+    from flowsense.schema import NFLOW
+
+    rng = np.random.default_rng(7)
+    n = 20_000
+    inside = (0xFFFF << 32) + 0x0A010000 + rng.integers(0, 500, n).astype(np.uint64)    # 10.1.x.y, 500 hosts
+    outside = (0xFFFF << 32) + 0xCB007100 + rng.integers(0, 250, n).astype(np.uint64)   # 203.0.113.z
+    outbound = rng.random(n) < 0.5
+    records = NFLOW.empty(n)
+    records["src_lo"], records["dst_lo"] = np.where(outbound, inside, outside), np.where(outbound, outside, inside)
+    internal = AddressSet(["10.0.0.0/8"])
+    quarter, eighth = host_sample(records, internal, 0.25), host_sample(records, internal, 0.125)
+    hosts = np.unique(inside)
+    kept = {int(h) for h in hosts if quarter[inside == h].all()}
+    assert all(not quarter[inside == h].any() for h in hosts if int(h) not in kept)  # whole hosts only
+    assert 0.18 < len(kept) / len(hosts) < 0.32
+    assert not (eighth & ~quarter).any()  # a smaller share keeps a subset: the same hosts stay
+    assert next_share(1.0, 2_000_000, 3_000_000) == 0.4
+    assert next_share(0.4, 2_000_000, 0) == 0.5 and next_share(0.9, 10, 0) == 1.0
+    assert next_share(1 / HASH_BUCKETS, 1, 10**9) == 1 / HASH_BUCKETS
