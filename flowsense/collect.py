@@ -120,11 +120,13 @@ class Listener:
             raise InputError(f"--listen {host}:{port}: cannot bind ({err.strerror}); pick a free port, or run "
                              "as root for ports below 1024") from None
         self.receiver = BatchReceiver(self.sock)
-        Chunk().take(self.receiver, 0, 0)  # compiled (or loaded from the cache) before datagrams wait on it
         self.port = self.sock.getsockname()[1]
         self.name = f"{host}:{self.port}"
         self.inbox = inbox
-        self.free: queue.SimpleQueue = queue.SimpleQueue()  # decoded chunks' buffers, for reuse
+        self.free: queue.SimpleQueue = queue.SimpleQueue()  # decoded chunks, for reuse
+        warm = Chunk()
+        warm.take(self.receiver, 0, 0)  # compiled (or loaded from the cache) before datagrams wait on it
+        self.free.put(warm)
         self.received = self.queue_drops = 0
         self.stop = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"flowsense-udp-{self.port}", daemon=True)
@@ -291,7 +293,6 @@ def _flow_files_worker(conn, out_dir: Path, rotate_s: float):
         signal.signal(sig, signal.SIG_IGN)
     out = RotatingParquet(out_dir, "flows", nflow_table(NFLOW.empty(0)),
                           ("orig_h", "resp_h", "proto", "exporter", "conn_state", "end_reason", "source"), rotate_s)
-    conn.send(("ready", None))
     announced, pending = 0, deque()
 
     def settle(limit: int):
@@ -471,15 +472,18 @@ class LiveDetection:
         self._spawn()
 
     def add(self, records: np.ndarray):
+        """Take the records of the hosts in the share into the window.  ``records`` is the decoder's
+        reused buffer: what the window keeps is copied, what it turns away is only counted."""
+        owned = False
         if self.share < 1.0:
-            kept = records[host_sample(records, self.internal, self.share)]
+            kept = records[host_sample(records, self.internal, self.share)]  # boolean indexing copies
             self.not_analysed += len(records) - len(kept)
-            records = kept
+            records, owned = kept, True
         if self.records >= MAX_WINDOW_RECORDS:
             self.not_analysed += len(records)
             self.shed += len(records)
             return
-        self.parts.append(records)
+        self.parts.append(records if owned else records.copy())
         self.records += len(records)
 
     def due(self) -> bool:
@@ -631,7 +635,7 @@ def collect(listen: list[str], config: Config, out_dir: Path, syslog: list[str] 
         listener.free.put(chunk)
         if len(rows):
             flows.write(rows)
-            detection.add(rows.copy())  # the decoder reuses its row buffer
+            detection.add(rows)
             if denies:
                 denies.flush(rows[rows["fw_event"] == FW_DENIED])
         return True

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from datetime import datetime, timezone
 
 from flowsense import __version__

@@ -9,6 +9,7 @@ it between calls is two vectorised assignments."""
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 import socket
 from itertools import pairwise
@@ -45,14 +46,15 @@ class BatchReceiver:
         self.hdrs["iovlen"] = 1
         self.peers: dict[bytes, str] = {}   # raw socket address -> exporter address text
 
-    def receive(self, limit: int = SLOTS) -> int:
-        """Datagrams now waiting, up to ``limit`` (0 when none); their bytes are ``data(i)``."""
+    def receive(self) -> int:
+        """How many datagrams now waiting were taken, up to SLOTS (0 when none): datagram i is
+        ``landing[i, :lengths(n)[i]]``."""
         self.hdrs["namelen"] = NAME_BYTES
         self.hdrs["flags"] = 0
-        n = _libc.recvmmsg(self.fd, self.hdrs.ctypes.data, min(limit, SLOTS), MSG_DONTWAIT, None)
+        n = _libc.recvmmsg(self.fd, self.hdrs.ctypes.data, SLOTS, MSG_DONTWAIT, None)
         if n < 0:
             err = ctypes.get_errno()
-            if err in (11, 4):  # EAGAIN / EINTR: nothing waiting
+            if err in (errno.EAGAIN, errno.EINTR):  # nothing waiting
                 return 0
             raise OSError(err, os.strerror(err))
         return n
